@@ -1,0 +1,453 @@
+//! Business rules: `decide` turns a command and the current state into events or a
+//! rejection. It is pure: no I/O, and the time comes in as a parameter.
+
+use accounts_events::{
+    AccountRegistered, AccountState, DomainEvent, EmailClaimState, EmailClaimed, ProfileUpdated,
+    SessionStarted,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::wire::{Command, FieldValue, ProfileChanges};
+
+/// Why a decider rejected a command. Each maps to one HTTP status and problem code.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Rejection {
+    #[error("the account is at version {actual}, not {expected}")]
+    VersionMismatch { expected: u64, actual: u64 },
+    #[error("the email address is already in use")]
+    EmailTaken,
+    #[error("the account does not exist")]
+    AccountNotFound,
+    #[error("the credentials changed while the request was checked")]
+    CredentialsChanged,
+    #[error("the session expires in the past")]
+    SessionAlreadyExpired,
+    #[error("the command does not fit the aggregate it was sent to")]
+    Misaddressed,
+}
+
+/// The state a command is decided against.
+pub enum Target<'a> {
+    /// Registration: the email claim and the account that would be created.
+    Registration {
+        claim: &'a EmailClaimState,
+        account: &'a AccountState,
+    },
+    Account(&'a AccountState),
+}
+
+/// Which aggregate an event belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventTarget {
+    Account,
+    EmailClaim,
+}
+
+/// Decides a command. Returns the events to append, in order, with their aggregate.
+pub fn decide(
+    target: Target<'_>,
+    command: &Command,
+    expected_version: Option<u64>,
+    now: DateTime<Utc>,
+) -> Result<Vec<(EventTarget, DomainEvent)>, Rejection> {
+    match (target, command) {
+        (
+            Target::Registration { claim, account },
+            Command::RegisterAccount {
+                account_id,
+                email,
+                email_normalized,
+                name,
+                password_hash,
+            },
+        ) => {
+            if claim.account_id.is_some() {
+                return Err(Rejection::EmailTaken);
+            }
+            if account.exists() {
+                // A UUIDv7 collision; the caller retries with a fresh id.
+                return Err(Rejection::Misaddressed);
+            }
+            Ok(vec![
+                (
+                    EventTarget::EmailClaim,
+                    DomainEvent::EmailClaimed(EmailClaimed {
+                        email_normalized: email_normalized.clone(),
+                        account_id: *account_id,
+                    }),
+                ),
+                (
+                    EventTarget::Account,
+                    DomainEvent::AccountRegistered(AccountRegistered {
+                        account_id: *account_id,
+                        email: email.clone(),
+                        email_normalized: email_normalized.clone(),
+                        name: name.clone(),
+                        password_hash: password_hash.clone(),
+                    }),
+                ),
+            ])
+        }
+        (Target::Account(account), Command::UpdateProfile { changes, .. }) => {
+            require_version(account, expected_version)?;
+            Ok(update_profile(account, changes)
+                .map(|event| vec![(EventTarget::Account, DomainEvent::ProfileUpdated(event))])
+                .unwrap_or_default())
+        }
+        (
+            Target::Account(account),
+            Command::StartSession {
+                session_id,
+                token_sha256,
+                expires_at,
+                user_agent,
+                ip,
+                credential_version,
+                ..
+            },
+        ) => {
+            require_version(account, expected_version)?;
+            if account.credential_version != *credential_version {
+                return Err(Rejection::CredentialsChanged);
+            }
+            if *expires_at <= now {
+                return Err(Rejection::SessionAlreadyExpired);
+            }
+            Ok(vec![(
+                EventTarget::Account,
+                DomainEvent::SessionStarted(SessionStarted {
+                    session_id: *session_id,
+                    token_sha256: token_sha256.clone(),
+                    expires_at: *expires_at,
+                    user_agent: user_agent.clone(),
+                    ip: ip.clone(),
+                    method: "password".to_owned(),
+                }),
+            )])
+        }
+        _ => Err(Rejection::Misaddressed),
+    }
+}
+
+fn require_version(account: &AccountState, expected: Option<u64>) -> Result<(), Rejection> {
+    if !account.exists() {
+        return Err(Rejection::AccountNotFound);
+    }
+    match expected {
+        Some(expected) if expected != account.version => Err(Rejection::VersionMismatch {
+            expected,
+            actual: account.version,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Returns the profile after `changes`, or `None` when nothing would change.
+fn update_profile(account: &AccountState, changes: &ProfileChanges) -> Option<ProfileUpdated> {
+    let mut changed = Vec::new();
+    let name = pick(&mut changed, "name", &account.name, changes.name.as_ref());
+    let company_name = pick_optional(
+        &mut changed,
+        "company_name",
+        &account.company_name,
+        changes.company_name.as_ref(),
+    );
+    let industry = pick_optional(
+        &mut changed,
+        "industry",
+        &account.industry,
+        changes.industry.as_ref(),
+    );
+    let business_phone = pick_optional(
+        &mut changed,
+        "business_phone",
+        &account.business_phone,
+        changes.business_phone.as_ref(),
+    );
+    if changed.is_empty() {
+        return None;
+    }
+    Some(ProfileUpdated {
+        name,
+        company_name,
+        industry,
+        business_phone,
+        changed,
+    })
+}
+
+fn pick(changed: &mut Vec<String>, field: &str, current: &str, new: Option<&String>) -> String {
+    match new {
+        Some(new) if new != current => {
+            changed.push(field.to_owned());
+            new.clone()
+        }
+        _ => current.to_owned(),
+    }
+}
+
+fn pick_optional(
+    changed: &mut Vec<String>,
+    field: &str,
+    current: &Option<String>,
+    new: Option<&FieldValue>,
+) -> Option<String> {
+    match new {
+        Some(FieldValue { value }) if value != current => {
+            changed.push(field.to_owned());
+            value.clone()
+        }
+        _ => current.clone(),
+    }
+}
+
+/// Returns the id the account of a command is addressed to, if any.
+pub fn account_of(command: &Command) -> Uuid {
+    match command {
+        Command::RegisterAccount { account_id, .. }
+        | Command::UpdateProfile { account_id, .. }
+        | Command::StartSession { account_id, .. } => *account_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use accounts_events::{Actor, ActorKind, EventMeta, RecordedEvent};
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 4, 12, 0, 0).unwrap()
+    }
+
+    fn given(events: &[DomainEvent]) -> AccountState {
+        let mut state = AccountState::default();
+        for (index, event) in events.iter().enumerate() {
+            state.evolve(&RecordedEvent {
+                meta: EventMeta {
+                    event_id: Uuid::now_v7(),
+                    source: "test".into(),
+                    time: now(),
+                    subject: "account".into(),
+                    aggregate_type: "account".into(),
+                    sequence: index as u64 + 1,
+                    command_id: Uuid::now_v7(),
+                    correlation_id: Uuid::now_v7(),
+                    causation_id: Uuid::now_v7(),
+                    actor: Actor {
+                        kind: ActorKind::Anonymous,
+                        id: None,
+                        ip: None,
+                        user_agent: None,
+                    },
+                },
+                event: event.clone(),
+            });
+        }
+        state
+    }
+
+    fn registered() -> DomainEvent {
+        DomainEvent::AccountRegistered(AccountRegistered {
+            account_id: Uuid::nil(),
+            email: "Zoe@Example.com".into(),
+            email_normalized: "zoe@example.com".into(),
+            name: "Zoë Müller".into(),
+            password_hash: "$argon2id$stub".into(),
+        })
+    }
+
+    fn update(changes: ProfileChanges) -> Command {
+        Command::UpdateProfile {
+            account_id: Uuid::nil(),
+            changes,
+        }
+    }
+
+    fn set(value: &str) -> Option<FieldValue> {
+        Some(FieldValue {
+            value: Some(value.into()),
+        })
+    }
+
+    #[test]
+    fn profile_update_emits_full_profile() {
+        let state = given(&[registered()]);
+        let command = update(ProfileChanges {
+            company_name: set("My company"),
+            ..Default::default()
+        });
+        let events = decide(Target::Account(&state), &command, Some(1), now()).unwrap();
+        let [(EventTarget::Account, DomainEvent::ProfileUpdated(updated))] = events.as_slice()
+        else {
+            panic!("unexpected events {events:?}");
+        };
+        assert_eq!(updated.name, "Zoë Müller");
+        assert_eq!(updated.company_name.as_deref(), Some("My company"));
+        assert_eq!(updated.changed, vec!["company_name".to_owned()]);
+    }
+
+    #[test]
+    fn profile_update_without_change_emits_nothing() {
+        let state = given(&[registered()]);
+        let command = update(ProfileChanges {
+            name: Some("Zoë Müller".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            decide(Target::Account(&state), &command, None, now()),
+            Ok(vec![])
+        );
+    }
+
+    #[test]
+    fn profile_update_with_stale_version_is_rejected() {
+        let state = given(&[registered()]);
+        let command = update(ProfileChanges {
+            name: Some("New".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            decide(Target::Account(&state), &command, Some(0), now()),
+            Err(Rejection::VersionMismatch {
+                expected: 0,
+                actual: 1
+            })
+        );
+    }
+
+    #[test]
+    fn clearing_a_field_is_a_change() {
+        let state = given(&[
+            registered(),
+            DomainEvent::ProfileUpdated(ProfileUpdated {
+                name: "Zoë Müller".into(),
+                company_name: Some("My company".into()),
+                industry: None,
+                business_phone: None,
+                changed: vec!["company_name".into()],
+            }),
+        ]);
+        let command = update(ProfileChanges {
+            company_name: Some(FieldValue { value: None }),
+            ..Default::default()
+        });
+        let events = decide(Target::Account(&state), &command, Some(2), now()).unwrap();
+        assert_eq!(events.len(), 1);
+    }
+
+    #[test]
+    fn update_of_missing_account_is_rejected() {
+        let state = AccountState::default();
+        let command = update(ProfileChanges {
+            name: Some("New".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            decide(Target::Account(&state), &command, None, now()),
+            Err(Rejection::AccountNotFound)
+        );
+    }
+
+    #[test]
+    fn registration_claims_the_address() {
+        let claim = EmailClaimState::default();
+        let account = AccountState::default();
+        let command = Command::RegisterAccount {
+            account_id: Uuid::nil(),
+            email: "Zoe@Example.com".into(),
+            email_normalized: "zoe@example.com".into(),
+            name: "Zoë".into(),
+            password_hash: "$argon2id$stub".into(),
+        };
+        let events = decide(
+            Target::Registration {
+                claim: &claim,
+                account: &account,
+            },
+            &command,
+            None,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].0, EventTarget::EmailClaim);
+        assert_eq!(events[1].0, EventTarget::Account);
+
+        let taken = EmailClaimState {
+            account_id: Some(Uuid::now_v7()),
+            version: 1,
+        };
+        assert_eq!(
+            decide(
+                Target::Registration {
+                    claim: &taken,
+                    account: &account
+                },
+                &command,
+                None,
+                now()
+            ),
+            Err(Rejection::EmailTaken)
+        );
+    }
+
+    fn start_session(credential_version: u64, expires_at: DateTime<Utc>) -> Command {
+        Command::StartSession {
+            account_id: Uuid::nil(),
+            session_id: Uuid::now_v7(),
+            token_sha256: "00".into(),
+            expires_at,
+            user_agent: None,
+            ip: None,
+            credential_version,
+        }
+    }
+
+    #[test]
+    fn session_needs_current_credentials() {
+        let state = given(&[registered()]);
+        let later = now() + chrono::Duration::hours(1);
+        assert!(decide(
+            Target::Account(&state),
+            &start_session(1, later),
+            None,
+            now()
+        )
+        .is_ok());
+        assert_eq!(
+            decide(
+                Target::Account(&state),
+                &start_session(0, later),
+                None,
+                now()
+            ),
+            Err(Rejection::CredentialsChanged)
+        );
+    }
+
+    #[test]
+    fn session_expiring_now_is_rejected() {
+        let state = given(&[registered()]);
+        assert_eq!(
+            decide(
+                Target::Account(&state),
+                &start_session(1, now()),
+                None,
+                now()
+            ),
+            Err(Rejection::SessionAlreadyExpired)
+        );
+        let one_second_later = now() + chrono::Duration::seconds(1);
+        assert!(decide(
+            Target::Account(&state),
+            &start_session(1, one_second_later),
+            None,
+            now()
+        )
+        .is_ok());
+    }
+}

@@ -1,0 +1,110 @@
+//! The write side of the account settings backend: the HTTP command API and the decider
+//! workers that own the partitions of the command and event topics.
+
+pub mod bus;
+pub mod decider;
+pub mod domain;
+pub mod http;
+pub mod password;
+pub mod processor;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use accounts_platform::http::{health_routes, HealthApi, Readiness};
+use accounts_platform::{DatabaseConfig, KafkaConfig, ProjectionProgress};
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use utoipa::OpenApi;
+
+use crate::bus::CommandBus;
+use crate::http::{AppState, CommandApi};
+use crate::password::{HashingConfig, PasswordHasherPool};
+use crate::processor::{spawn_worker, ProcessorConfig, WorkerControl};
+
+/// Settings of `accounts-command serve`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServeConfig {
+    #[command(flatten)]
+    pub kafka: KafkaConfig,
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    #[command(flatten)]
+    pub hashing: HashingConfig,
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "COMMAND_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// Decider workers run by this process; 0 runs only the HTTP API.
+    #[arg(long, env = "DECIDER_WORKERS", default_value_t = 1)]
+    pub decider_workers: usize,
+    /// Lifetime of a session in hours.
+    #[arg(long, env = "SESSION_TTL_HOURS", default_value_t = 24)]
+    pub session_ttl_hours: i64,
+    /// How long a request waits for the decider's reply, in milliseconds.
+    #[arg(long, env = "COMMAND_REPLY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub reply_timeout_ms: u64,
+    /// How long a response waits for the read models to show its events, in milliseconds;
+    /// past it the response is 202 with the position.
+    #[arg(long, env = "VISIBILITY_TIMEOUT_MS", default_value_t = 5_000)]
+    pub visibility_timeout_ms: u64,
+}
+
+/// A running decider worker.
+pub struct DeciderHandle {
+    pub control: Arc<WorkerControl>,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// Starts `count` decider workers, each on its own thread.
+pub fn spawn_deciders(kafka: &KafkaConfig, count: usize) -> anyhow::Result<Vec<DeciderHandle>> {
+    let config = ProcessorConfig {
+        kafka: kafka.clone(),
+        source: "/accounts-command".to_owned(),
+    };
+    (0..count)
+        .map(|_| {
+            let control = Arc::new(WorkerControl::default());
+            let thread = spawn_worker(config.clone(), control.clone())
+                .context("failed to start decider thread")?;
+            Ok(DeciderHandle { control, thread })
+        })
+        .collect()
+}
+
+/// Serves the HTTP API on `listener` until the returned task is aborted.
+pub async fn serve_api(
+    config: &ServeConfig,
+    listener: TcpListener,
+) -> anyhow::Result<JoinHandle<()>> {
+    let pool = accounts_platform::db::connect(&config.database).await?;
+    let topics = config.kafka.topics();
+    let state = AppState {
+        bus: CommandBus::start(
+            &config.kafka,
+            Duration::from_millis(config.reply_timeout_ms),
+        )
+        .await?,
+        progress: ProjectionProgress::start(pool.clone(), topics.events).await?,
+        hasher: PasswordHasherPool::new(&config.hashing)?,
+        pool: pool.clone(),
+        partitions: config.kafka.partitions,
+        session_ttl: chrono::Duration::hours(config.session_ttl_hours),
+        visibility_timeout: Duration::from_millis(config.visibility_timeout_ms),
+    };
+    let mut openapi = CommandApi::openapi();
+    openapi.merge(HealthApi::openapi());
+    let app = http::routes(state)
+        .merge(health_routes(Readiness::new(pool, &config.kafka)?, openapi))
+        .layer(tower_http::trace::TraceLayer::new_for_http());
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "command API listening");
+    Ok(tokio::spawn(async move {
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(error) = axum::serve(listener, service).await {
+            tracing::error!(%error, "command API stopped");
+        }
+    }))
+}

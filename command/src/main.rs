@@ -1,0 +1,47 @@
+use accounts_command::{serve_api, spawn_deciders, ServeConfig};
+use accounts_platform::KafkaConfig;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// Account settings: the command API and decider workers.
+#[derive(Parser)]
+#[command(name = "accounts-command", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: CliCommand,
+}
+
+#[derive(Subcommand)]
+enum CliCommand {
+    /// Serve the HTTP command API and run decider workers.
+    Serve(Box<ServeConfig>),
+    /// Create the Kafka topics that are missing.
+    CreateTopics(KafkaConfig),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    accounts_platform::telemetry::init_tracing();
+    match Cli::parse().command {
+        CliCommand::CreateTopics(kafka) => accounts_platform::kafka::create_topics(&kafka).await,
+        CliCommand::Serve(config) => {
+            let deciders = spawn_deciders(&config.kafka, config.decider_workers)?;
+            let listener = tokio::net::TcpListener::bind(config.addr)
+                .await
+                .with_context(|| format!("failed to listen on {}", config.addr))?;
+            let server = serve_api(&config, listener).await?;
+            accounts_platform::telemetry::shutdown_signal().await;
+            tracing::info!("shutting down");
+            server.abort();
+            for decider in &deciders {
+                decider.control.stop();
+            }
+            for decider in deciders {
+                if decider.thread.join().is_err() {
+                    tracing::error!("a decider thread panicked");
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Records on `accounts.commands.v1` and `accounts.replies.v1`. Both are internal to the
+//! command service; the published contract is the event topic.
+
+use accounts_events::Actor;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::decider::Rejection;
+
+/// A command on its way to the decider that owns its aggregate's partition.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CommandEnvelope {
+    /// Identifies the command across retries; derived from `Idempotency-Key` when given.
+    pub command_id: Uuid,
+    /// Identifies this one delivery attempt, so that replies reach the waiting request.
+    pub request_id: Uuid,
+    /// The record key of the aggregate the command is addressed to.
+    pub aggregate_key: String,
+    /// The version the caller expects the account to be at (HTTP `If-Match`).
+    pub expected_version: Option<u64>,
+    pub reply_to: ReplyRoute,
+    pub correlation_id: Uuid,
+    pub actor: Actor,
+    pub issued_at: DateTime<Utc>,
+    pub command: Command,
+}
+
+/// Where the decider sends the reply: a partition of the reply topic and the record key
+/// that the waiting command-service instance filters on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyRoute {
+    pub partition: i32,
+    pub route: String,
+}
+
+/// A field of a partial update: absent leaves it unchanged, `value: null` clears it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldValue {
+    pub value: Option<String>,
+}
+
+/// The changes of a `PATCH /v1/profile`, already parsed into valid values.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileChanges {
+    pub name: Option<String>,
+    pub company_name: Option<FieldValue>,
+    pub industry: Option<FieldValue>,
+    pub business_phone: Option<FieldValue>,
+}
+
+/// What a command asks for.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    /// Addressed to the email claim; creates the claim and the account in one transaction,
+    /// which works because the account id is chosen in the claim's partition.
+    RegisterAccount {
+        account_id: Uuid,
+        email: String,
+        email_normalized: String,
+        name: String,
+        password_hash: String,
+    },
+    UpdateProfile {
+        account_id: Uuid,
+        changes: ProfileChanges,
+    },
+    /// Opens a session after the password was verified against `credential_version`.
+    StartSession {
+        account_id: Uuid,
+        session_id: Uuid,
+        token_sha256: String,
+        expires_at: DateTime<Utc>,
+        user_agent: Option<String>,
+        ip: Option<String>,
+        credential_version: u64,
+    },
+}
+
+impl Command {
+    /// Returns a short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::RegisterAccount { .. } => "register_account",
+            Self::UpdateProfile { .. } => "update_profile",
+            Self::StartSession { .. } => "start_session",
+        }
+    }
+}
+
+/// The outcome of a command, as sent back to the waiting request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    Accepted {
+        account_id: Uuid,
+        /// The account's version after the command.
+        version: u64,
+        /// The event-log position the read models must include to show the result;
+        /// absent when the account has no event yet in this process's view.
+        position: Option<String>,
+    },
+    Rejected {
+        rejection: Rejection,
+    },
+}
+
+/// A record on the reply topic.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Reply {
+    pub request_id: Uuid,
+    pub command_id: Uuid,
+    pub outcome: Outcome,
+}

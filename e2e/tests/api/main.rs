@@ -1,0 +1,9 @@
+//! End-to-end tests against a real Kafka broker and PostgreSQL. They need the stack that
+//! `deploy/local/test` starts (KAFKA_BROKERS and TEST_DATABASE_URL).
+
+mod concurrency;
+mod failover;
+mod helpers;
+mod projector;
+mod slice;
+mod validation;

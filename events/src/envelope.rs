@@ -1,0 +1,244 @@
+//! The record envelope: a CloudEvents 1.0 JSON object in structured mode.
+//!
+//! Besides the standard attributes, each record carries these extension attributes:
+//! `aggregatetype`, `aggregatesequence` (the aggregate's version after this event, starting
+//! at 1), `schemaversion`, `commandid`, `correlationid`, `causationid`, and the actor as
+//! `actortype`, `actorid`, `actorip` and `actoruseragent`.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::event::{DomainEvent, PayloadError};
+
+/// Content type of a record value.
+pub const CONTENT_TYPE: &str = "application/cloudevents+json";
+
+const SPEC_VERSION: &str = "1.0";
+
+/// Who caused an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorKind {
+    /// A signed-in account.
+    Account,
+    /// A request without a session, such as a registration or a sign-in.
+    Anonymous,
+    /// An operator tool or another service.
+    Service,
+}
+
+/// The actor recorded on every event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub kind: ActorKind,
+    /// The account id or service name; absent for anonymous requests.
+    pub id: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// Everything about an event except its payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventMeta {
+    pub event_id: Uuid,
+    pub source: String,
+    pub time: DateTime<Utc>,
+    /// The aggregate's record key, see [`crate::AggregateId::key`].
+    pub subject: String,
+    pub aggregate_type: String,
+    pub sequence: u64,
+    pub command_id: Uuid,
+    pub correlation_id: Uuid,
+    pub causation_id: Uuid,
+    pub actor: Actor,
+}
+
+/// An event together with its metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedEvent {
+    pub meta: EventMeta,
+    pub event: DomainEvent,
+}
+
+/// The JSON shape of a record value.
+#[derive(Debug, Serialize, Deserialize)]
+struct CloudEvent {
+    specversion: String,
+    id: Uuid,
+    source: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    time: DateTime<Utc>,
+    subject: String,
+    datacontenttype: String,
+    aggregatetype: String,
+    aggregatesequence: u64,
+    schemaversion: u32,
+    commandid: Uuid,
+    correlationid: Uuid,
+    causationid: Uuid,
+    actortype: ActorKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    actorid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    actorip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    actoruseragent: Option<String>,
+    data: serde_json::Value,
+}
+
+/// Error reading a record value.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record value is not a CloudEvents JSON object of this schema: {0}")]
+    Envelope(#[from] serde_json::Error),
+    #[error("unsupported CloudEvents specversion {0:?}")]
+    SpecVersion(String),
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+}
+
+/// What a reader found in a record.
+#[derive(Debug)]
+pub enum Decoded {
+    Event(Box<RecordedEvent>),
+    /// A type this code does not know; readers skip and count it.
+    Unknown {
+        event_type: String,
+        subject: String,
+    },
+}
+
+impl RecordedEvent {
+    /// Serialises the event as a CloudEvents JSON record value.
+    pub fn encode(&self) -> serde_json::Result<Vec<u8>> {
+        let meta = &self.meta;
+        let envelope = CloudEvent {
+            specversion: SPEC_VERSION.to_owned(),
+            id: meta.event_id,
+            source: meta.source.clone(),
+            event_type: self.event.event_type().to_owned(),
+            time: meta.time,
+            subject: meta.subject.clone(),
+            datacontenttype: "application/json".to_owned(),
+            aggregatetype: meta.aggregate_type.clone(),
+            aggregatesequence: meta.sequence,
+            schemaversion: self.event.schema_version(),
+            commandid: meta.command_id,
+            correlationid: meta.correlation_id,
+            causationid: meta.causation_id,
+            actortype: meta.actor.kind,
+            actorid: meta.actor.id.clone(),
+            actorip: meta.actor.ip.clone(),
+            actoruseragent: meta.actor.user_agent.clone(),
+            data: self.event.to_data()?,
+        };
+        serde_json::to_vec(&envelope)
+    }
+
+    /// Parses a record value. Unknown event types are returned as [`Decoded::Unknown`].
+    pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+        let envelope: CloudEvent = serde_json::from_slice(bytes)?;
+        if envelope.specversion != SPEC_VERSION {
+            return Err(DecodeError::SpecVersion(envelope.specversion));
+        }
+        let Some(event) =
+            DomainEvent::from_data(&envelope.event_type, envelope.schemaversion, envelope.data)?
+        else {
+            return Ok(Decoded::Unknown {
+                event_type: envelope.event_type,
+                subject: envelope.subject,
+            });
+        };
+        let meta = EventMeta {
+            event_id: envelope.id,
+            source: envelope.source,
+            time: envelope.time,
+            subject: envelope.subject,
+            aggregate_type: envelope.aggregatetype,
+            sequence: envelope.aggregatesequence,
+            command_id: envelope.commandid,
+            correlation_id: envelope.correlationid,
+            causation_id: envelope.causationid,
+            actor: Actor {
+                kind: envelope.actortype,
+                id: envelope.actorid,
+                ip: envelope.actorip,
+                user_agent: envelope.actoruseragent,
+            },
+        };
+        Ok(Decoded::Event(Box::new(RecordedEvent { meta, event })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::ProfileUpdated;
+
+    fn sample() -> RecordedEvent {
+        RecordedEvent {
+            meta: EventMeta {
+                event_id: Uuid::now_v7(),
+                source: "/accounts-command".into(),
+                time: Utc::now(),
+                subject: Uuid::now_v7().to_string(),
+                aggregate_type: "account".into(),
+                sequence: 3,
+                command_id: Uuid::now_v7(),
+                correlation_id: Uuid::now_v7(),
+                causation_id: Uuid::now_v7(),
+                actor: Actor {
+                    kind: ActorKind::Account,
+                    id: Some("a".into()),
+                    ip: Some("127.0.0.1".into()),
+                    user_agent: None,
+                },
+            },
+            event: DomainEvent::ProfileUpdated(ProfileUpdated {
+                name: "Zoë Müller".into(),
+                company_name: Some("My company".into()),
+                industry: Some("ai_agents".into()),
+                business_phone: None,
+                changed: vec!["company_name".into()],
+            }),
+        }
+    }
+
+    #[test]
+    fn record_round_trips() -> anyhow::Result<()> {
+        let event = sample();
+        let bytes = event.encode()?;
+        match RecordedEvent::decode(&bytes)? {
+            Decoded::Event(decoded) => assert_eq!(*decoded, event),
+            Decoded::Unknown { event_type, .. } => panic!("decoded as unknown {event_type}"),
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn record_is_cloudevents_json() -> anyhow::Result<()> {
+        let value: serde_json::Value = serde_json::from_slice(&sample().encode()?)?;
+        assert_eq!(value["specversion"], "1.0");
+        assert_eq!(value["type"], "accounts.ProfileUpdated");
+        assert_eq!(value["datacontenttype"], "application/json");
+        assert_eq!(value["aggregatesequence"], 3);
+        assert_eq!(value["schemaversion"], 1);
+        assert_eq!(value["data"]["industry"], "ai_agents");
+        assert!(value.get("actoruseragent").is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_type_is_reported_not_failed() -> anyhow::Result<()> {
+        let mut value: serde_json::Value = serde_json::from_slice(&sample().encode()?)?;
+        value["type"] = "accounts.SomethingNew".into();
+        value["data"] = serde_json::json!({"anything": true});
+        let decoded = RecordedEvent::decode(&serde_json::to_vec(&value)?)?;
+        assert!(
+            matches!(decoded, Decoded::Unknown { event_type, .. } if event_type == "accounts.SomethingNew")
+        );
+        Ok(())
+    }
+}

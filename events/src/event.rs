@@ -1,0 +1,181 @@
+//! Event types and their payloads.
+//!
+//! Each type has a name (the CloudEvents `type` attribute) and a schema version. A change to
+//! a payload that old readers cannot ignore gets a new version, and readers upcast the old
+//! versions they still find in the log.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// An event of either aggregate kind, as stored in the `data` of a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DomainEvent {
+    AccountRegistered(AccountRegistered),
+    ProfileUpdated(ProfileUpdated),
+    SessionStarted(SessionStarted),
+    EmailClaimed(EmailClaimed),
+}
+
+/// An account was created. The password is present only as an argon2id PHC string.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountRegistered {
+    pub account_id: Uuid,
+    /// The address as the user typed it, `+tag` and case kept.
+    pub email: String,
+    /// The lower-cased address with an ASCII (punycode) domain, the uniqueness key.
+    pub email_normalized: String,
+    pub name: String,
+    pub password_hash: String,
+}
+
+impl std::fmt::Debug for AccountRegistered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountRegistered")
+            .field("account_id", &self.account_id)
+            .field("email", &self.email)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The profile after a change: every profile field with its new value, and the names of
+/// the fields that changed. Carrying the whole profile keeps replays idempotent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileUpdated {
+    pub name: String,
+    pub company_name: Option<String>,
+    /// Identifier from the fixed industry list, such as `ai_agents`.
+    pub industry: Option<String>,
+    /// Business phone number in E.164 form, such as `+919988776655`.
+    pub business_phone: Option<String>,
+    pub changed: Vec<String>,
+}
+
+/// A session was opened after a successful sign-in. The token is present only as the
+/// hex SHA-256 of its bytes.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionStarted {
+    pub session_id: Uuid,
+    pub token_sha256: String,
+    pub expires_at: DateTime<Utc>,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+    /// How the user proved who they are, such as `password`.
+    pub method: String,
+}
+
+impl std::fmt::Debug for SessionStarted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionStarted")
+            .field("session_id", &self.session_id)
+            .field("expires_at", &self.expires_at)
+            .field("method", &self.method)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An email address was claimed by an account, making it unavailable to others.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailClaimed {
+    pub email_normalized: String,
+    pub account_id: Uuid,
+}
+
+/// Error decoding an event payload of a known type.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("event type {event_type} has no schema version {version}")]
+    UnknownVersion { event_type: String, version: u32 },
+    #[error("invalid {event_type} payload: {source}")]
+    Invalid {
+        event_type: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl DomainEvent {
+    pub const ACCOUNT_REGISTERED: &'static str = "accounts.AccountRegistered";
+    pub const PROFILE_UPDATED: &'static str = "accounts.ProfileUpdated";
+    pub const SESSION_STARTED: &'static str = "accounts.SessionStarted";
+    pub const EMAIL_CLAIMED: &'static str = "accounts.EmailClaimed";
+
+    /// Returns the CloudEvents `type` of this event.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Self::AccountRegistered(_) => Self::ACCOUNT_REGISTERED,
+            Self::ProfileUpdated(_) => Self::PROFILE_UPDATED,
+            Self::SessionStarted(_) => Self::SESSION_STARTED,
+            Self::EmailClaimed(_) => Self::EMAIL_CLAIMED,
+        }
+    }
+
+    /// Returns the schema version this code writes for the event's type.
+    pub fn schema_version(&self) -> u32 {
+        1
+    }
+
+    /// Returns true when `event_type` is a type this code can read.
+    pub fn is_known_type(event_type: &str) -> bool {
+        matches!(
+            event_type,
+            Self::ACCOUNT_REGISTERED
+                | Self::PROFILE_UPDATED
+                | Self::SESSION_STARTED
+                | Self::EMAIL_CLAIMED
+        )
+    }
+
+    /// Serialises the payload into the JSON stored as the record's `data`.
+    pub fn to_data(&self) -> serde_json::Result<serde_json::Value> {
+        match self {
+            Self::AccountRegistered(payload) => serde_json::to_value(payload),
+            Self::ProfileUpdated(payload) => serde_json::to_value(payload),
+            Self::SessionStarted(payload) => serde_json::to_value(payload),
+            Self::EmailClaimed(payload) => serde_json::to_value(payload),
+        }
+    }
+
+    /// Decodes the payload of a known type, upcasting older schema versions.
+    /// Returns `Ok(None)` for a type this code does not know.
+    pub fn from_data(
+        event_type: &str,
+        version: u32,
+        data: serde_json::Value,
+    ) -> Result<Option<Self>, PayloadError> {
+        if !Self::is_known_type(event_type) {
+            return Ok(None);
+        }
+        if version != 1 {
+            return Err(PayloadError::UnknownVersion {
+                event_type: event_type.to_owned(),
+                version,
+            });
+        }
+        let invalid = |source| PayloadError::Invalid {
+            event_type: event_type.to_owned(),
+            source,
+        };
+        let event = match event_type {
+            Self::ACCOUNT_REGISTERED => {
+                Self::AccountRegistered(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::PROFILE_UPDATED => {
+                Self::ProfileUpdated(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::SESSION_STARTED => {
+                Self::SessionStarted(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::EMAIL_CLAIMED => {
+                Self::EmailClaimed(serde_json::from_value(data).map_err(invalid)?)
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(event))
+    }
+}

@@ -1,0 +1,20 @@
+//! The published contract of the accounts event store.
+//!
+//! Everything a consumer of `accounts.events.v1` needs: topic names, the partitioning
+//! function, the CloudEvents record envelope, the event types with their schema versions,
+//! and [`AccountState::evolve`], the fold that turns an account's events into its state.
+//! This crate holds no business rules and performs no I/O.
+
+pub mod envelope;
+pub mod event;
+pub mod industry;
+pub mod state;
+pub mod topics;
+
+pub use envelope::{
+    Actor, ActorKind, DecodeError, Decoded, EventMeta, RecordedEvent, CONTENT_TYPE,
+};
+pub use event::{AccountRegistered, DomainEvent, EmailClaimed, ProfileUpdated, SessionStarted};
+pub use industry::INDUSTRIES;
+pub use state::{AccountState, EmailClaimState, SessionState};
+pub use topics::{partition_for, AggregateId, Topics, DEFAULT_PARTITIONS};

@@ -1,0 +1,100 @@
+//! Account and email-claim state, folded from events.
+//!
+//! `evolve` only assigns: every rule about whether an event may happen lives in the
+//! command service's deciders. The query side uses the same fold to show an account as of
+//! a past instant.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::envelope::RecordedEvent;
+use crate::event::DomainEvent;
+
+/// An account as its events describe it. `version` is 0 until the account is registered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccountState {
+    pub account_id: Option<Uuid>,
+    pub email: String,
+    pub email_normalized: String,
+    pub name: String,
+    pub company_name: Option<String>,
+    pub industry: Option<String>,
+    pub business_phone: Option<String>,
+    pub password_hash: String,
+    /// Increases with every change of the password or second factors. Sign-in checks run
+    /// outside the decider against one credential version, and the decider rejects their
+    /// result when the version moved meanwhile.
+    pub credential_version: u64,
+    pub sessions: BTreeMap<Uuid, SessionState>,
+    pub registered_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+    /// The sequence number of the last event applied.
+    pub version: u64,
+}
+
+/// A session of an account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionState {
+    pub started_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The claim on one normalised email address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EmailClaimState {
+    pub account_id: Option<Uuid>,
+    pub version: u64,
+}
+
+impl AccountState {
+    /// Returns true once the account has been registered.
+    pub fn exists(&self) -> bool {
+        self.version > 0
+    }
+
+    /// Applies one of this account's events.
+    pub fn evolve(&mut self, recorded: &RecordedEvent) {
+        let time = recorded.meta.time;
+        match &recorded.event {
+            DomainEvent::AccountRegistered(registered) => {
+                self.account_id = Some(registered.account_id);
+                self.email = registered.email.clone();
+                self.email_normalized = registered.email_normalized.clone();
+                self.name = registered.name.clone();
+                self.password_hash = registered.password_hash.clone();
+                self.credential_version = 1;
+                self.registered_at = Some(time);
+            }
+            DomainEvent::ProfileUpdated(profile) => {
+                self.name = profile.name.clone();
+                self.company_name = profile.company_name.clone();
+                self.industry = profile.industry.clone();
+                self.business_phone = profile.business_phone.clone();
+            }
+            DomainEvent::SessionStarted(session) => {
+                self.sessions.insert(
+                    session.session_id,
+                    SessionState {
+                        started_at: time,
+                        expires_at: session.expires_at,
+                    },
+                );
+            }
+            DomainEvent::EmailClaimed(_) => {}
+        }
+        self.updated_at = Some(time);
+        self.version = recorded.meta.sequence;
+    }
+}
+
+impl EmailClaimState {
+    /// Applies one of this claim's events.
+    pub fn evolve(&mut self, recorded: &RecordedEvent) {
+        if let DomainEvent::EmailClaimed(claimed) = &recorded.event {
+            self.account_id = Some(claimed.account_id);
+        }
+        self.version = recorded.meta.sequence;
+    }
+}

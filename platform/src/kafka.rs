@@ -1,0 +1,67 @@
+//! Kafka client settings and topic creation.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::KafkaConfig;
+
+/// Returns a client configuration with the brokers set.
+pub fn client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.brokers);
+    client
+}
+
+/// Creates the topics that are missing, with the configurations below. Existing topics
+/// are left as they are.
+///
+/// | topic | partitions | configuration |
+/// |---|---|---|
+/// | commands | P | `retention.ms` 7 days |
+/// | events | P | `retention.ms=-1`, `cleanup.policy=delete` |
+/// | replies | P | `retention.ms` 1 hour |
+/// | public profiles | P | `cleanup.policy=compact` |
+pub async fn create_topics(config: &KafkaConfig) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(config)
+        .create()
+        .context("failed to create Kafka admin client")?;
+    let topics = config.topics();
+    let seven_days = (7 * 24 * 3600 * 1000_i64).to_string();
+    let one_hour = (3600 * 1000_i64).to_string();
+    let partitions = config.partitions;
+    let replication = || TopicReplication::Fixed(1);
+    let specs = [
+        NewTopic::new(&topics.commands, partitions, replication())
+            .set("retention.ms", &seven_days)
+            .set("cleanup.policy", "delete"),
+        NewTopic::new(&topics.events, partitions, replication())
+            .set("retention.ms", "-1")
+            .set("retention.bytes", "-1")
+            .set("cleanup.policy", "delete"),
+        NewTopic::new(&topics.replies, partitions, replication())
+            .set("retention.ms", &one_hour)
+            .set("cleanup.policy", "delete"),
+        NewTopic::new(&topics.public_profiles, partitions, replication())
+            .set("cleanup.policy", "compact"),
+    ];
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(&specs, &options)
+        .await
+        .context("failed to create Kafka topics")?;
+    for result in results {
+        match result {
+            Ok(topic) => tracing::info!(topic, "created topic"),
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                tracing::debug!(topic, "topic already exists");
+            }
+            Err((topic, code)) => bail!("failed to create topic {topic}: {code}"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,265 @@
+//! The read side's writer: projects `accounts.events.v1` into PostgreSQL read models.
+//!
+//! Guarantees:
+//! - It reads with read_committed, so events of aborted transactions never reach a table.
+//! - Each batch's rows and the next offset of every partition in the batch are written in
+//!   one PostgreSQL transaction, and on start the projector seeks to those stored offsets,
+//!   not to offsets committed in Kafka. A crash therefore replays a batch, never skips one.
+//! - Every write is idempotent and guarded by the aggregate's sequence number, so a
+//!   replayed event, or an event older than a row, leaves the row as it is.
+//! - The transaction sends `NOTIFY projection_progress` with the new offsets, which the
+//!   command and query services use to answer once their reads include a write.
+
+pub mod project;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use accounts_events::envelope::Decoded;
+use accounts_events::RecordedEvent;
+use accounts_platform::kafka::client_config;
+use accounts_platform::progress::{ProgressNotice, CHANNEL, READ_MODELS};
+use accounts_platform::KafkaConfig;
+use anyhow::{anyhow, Context};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+
+/// Most events written in one PostgreSQL transaction.
+const MAX_BATCH: usize = 1000;
+/// How long a batch waits for more events once it has one.
+const BATCH_WINDOW: Duration = Duration::from_millis(1);
+
+/// Stops the projector, or makes it fail at a chosen point to test recovery.
+#[derive(Debug, Default)]
+pub struct ProjectorControl {
+    crash_inside_next_batch: AtomicBool,
+    batches_committed: AtomicU64,
+    events_projected: AtomicU64,
+}
+
+impl ProjectorControl {
+    /// Makes the projector stop dead halfway through writing its next batch, before the
+    /// transaction commits.
+    pub fn crash_inside_next_batch(&self) {
+        self.crash_inside_next_batch.store(true, Ordering::SeqCst);
+    }
+
+    /// Returns how many batches were committed.
+    pub fn batches_committed(&self) -> u64 {
+        self.batches_committed.load(Ordering::SeqCst)
+    }
+
+    /// Returns how many events were committed to the read models.
+    pub fn events_projected(&self) -> u64 {
+        self.events_projected.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("projector crashed on request")]
+pub struct Crashed;
+
+/// Starts projecting on a task. The task ends with an error when the projector fails.
+pub async fn spawn_projector(
+    kafka: KafkaConfig,
+    pool: PgPool,
+    control: Arc<ProjectorControl>,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    let consumer = assign_from_stored_offsets(&kafka, &pool).await?;
+    Ok(tokio::spawn(async move {
+        run(consumer, pool, kafka, control).await
+    }))
+}
+
+/// Creates a consumer assigned to every partition of the event topic at the offsets stored
+/// in PostgreSQL, or at the beginning for partitions without one.
+async fn assign_from_stored_offsets(
+    kafka: &KafkaConfig,
+    pool: &PgPool,
+) -> anyhow::Result<StreamConsumer> {
+    let topic = kafka.topics().events;
+    let consumer: StreamConsumer = client_config(kafka)
+        .set(
+            "group.id",
+            format!("{}accounts-projector", kafka.topic_prefix),
+        )
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .context("failed to create the event consumer")?;
+    let stored: HashMap<i32, i64> = sqlx::query_as::<_, (i32, i64)>(
+        "SELECT partition, next_offset FROM projection_offsets WHERE projection = $1 AND topic = $2",
+    )
+    .bind(READ_MODELS)
+    .bind(&topic)
+    .fetch_all(pool)
+    .await
+    .context("failed to load stored projection offsets")?
+    .into_iter()
+    .collect();
+
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..kafka.partitions {
+        let offset = stored
+            .get(&partition)
+            .map_or(Offset::Beginning, |next| Offset::Offset(*next));
+        assignment.add_partition_offset(&topic, partition, offset)?;
+    }
+    consumer
+        .assign(&assignment)
+        .context("failed to assign the event partitions")?;
+    tracing::info!(
+        topic,
+        stored = stored.len(),
+        "projector assigned from stored offsets"
+    );
+    Ok(consumer)
+}
+
+async fn run(
+    consumer: StreamConsumer,
+    pool: PgPool,
+    kafka: KafkaConfig,
+    control: Arc<ProjectorControl>,
+) -> anyhow::Result<()> {
+    let topic = kafka.topics().events;
+    let mut unknown = 0_u64;
+    loop {
+        let mut batch: Vec<(i32, i64, Option<RecordedEvent>)> = Vec::new();
+        let first = consumer
+            .recv()
+            .await
+            .context("failed to read the event topic")?;
+        batch.push(decode(
+            first.partition(),
+            first.offset(),
+            first.payload(),
+            &mut unknown,
+        ));
+        drop(first);
+        while batch.len() < MAX_BATCH {
+            match tokio::time::timeout(BATCH_WINDOW, consumer.recv()).await {
+                Ok(Ok(message)) => batch.push(decode(
+                    message.partition(),
+                    message.offset(),
+                    message.payload(),
+                    &mut unknown,
+                )),
+                Ok(Err(error)) => {
+                    return Err(anyhow!(error).context("failed to read the event topic"))
+                }
+                Err(_) => break,
+            }
+        }
+        write_batch(&pool, &topic, &batch, &control).await?;
+    }
+}
+
+/// Decodes a record; unknown or undecodable events become `None` and are skipped, but
+/// their offsets still advance.
+fn decode(
+    partition: i32,
+    offset: i64,
+    payload: Option<&[u8]>,
+    unknown: &mut u64,
+) -> (i32, i64, Option<RecordedEvent>) {
+    let event = match RecordedEvent::decode(payload.unwrap_or_default()) {
+        Ok(Decoded::Event(event)) => Some(*event),
+        Ok(Decoded::Unknown { event_type, .. }) => {
+            *unknown += 1;
+            metrics::counter!("projector_unknown_events_total").increment(1);
+            if unknown.is_power_of_two() {
+                tracing::info!(
+                    event_type,
+                    total = *unknown,
+                    "skipped events of unknown type"
+                );
+            }
+            None
+        }
+        Err(error) => {
+            metrics::counter!("projector_undecodable_events_total").increment(1);
+            tracing::error!(%error, partition, offset, "skipped undecodable event");
+            None
+        }
+    };
+    (partition, offset, event)
+}
+
+/// Writes a batch's rows and next offsets in one transaction.
+#[tracing::instrument(skip_all, fields(events = batch.len()))]
+async fn write_batch(
+    pool: &PgPool,
+    topic: &str,
+    batch: &[(i32, i64, Option<RecordedEvent>)],
+    control: &ProjectorControl,
+) -> anyhow::Result<()> {
+    let mut transaction = pool
+        .begin()
+        .await
+        .context("failed to begin projection transaction")?;
+    let mut next_offsets: HashMap<i32, i64> = HashMap::new();
+    for (index, (partition, offset, event)) in batch.iter().enumerate() {
+        if index == batch.len() / 2
+            && control
+                .crash_inside_next_batch
+                .swap(false, Ordering::SeqCst)
+        {
+            // Dropping the transaction rolls it back, as a dead process's would be.
+            return Err(anyhow!(Crashed));
+        }
+        if let Some(event) = event {
+            project::apply(&mut transaction, event)
+                .await
+                .with_context(|| {
+                    format!(
+                        "failed to project event {} at {partition}/{offset}",
+                        event.meta.event_id
+                    )
+                })?;
+        }
+        next_offsets.insert(*partition, offset + 1);
+    }
+    for (partition, next_offset) in &next_offsets {
+        sqlx::query(
+            "INSERT INTO projection_offsets (projection, topic, partition, next_offset, updated_at) \
+             VALUES ($1, $2, $3, $4, now()) \
+             ON CONFLICT (projection, topic, partition) DO UPDATE \
+             SET next_offset = GREATEST(projection_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()",
+        )
+        .bind(READ_MODELS)
+        .bind(topic)
+        .bind(partition)
+        .bind(next_offset)
+        .execute(&mut *transaction)
+        .await
+        .context("failed to store projection offsets")?;
+        let notice = serde_json::to_string(&ProgressNotice {
+            topic: topic.to_owned(),
+            partition: *partition,
+            next_offset: *next_offset,
+        })?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(notice)
+            .execute(&mut *transaction)
+            .await
+            .context("failed to notify projection progress")?;
+    }
+    transaction
+        .commit()
+        .await
+        .context("failed to commit projection batch")?;
+    control.batches_committed.fetch_add(1, Ordering::SeqCst);
+    control
+        .events_projected
+        .fetch_add(batch.len() as u64, Ordering::SeqCst);
+    metrics::counter!("projector_events_total").increment(batch.len() as u64);
+    Ok(())
+}

@@ -1,0 +1,83 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use accounts_platform::http::{health_routes, HealthApi, Readiness};
+use accounts_platform::{DatabaseConfig, KafkaConfig};
+use accounts_projector::{spawn_projector, ProjectorControl};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use utoipa::OpenApi;
+
+/// Account settings: projects the event log into PostgreSQL read models.
+#[derive(Parser)]
+#[command(name = "accounts-projector", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: CliCommand,
+}
+
+#[derive(Subcommand)]
+enum CliCommand {
+    /// Project events continuously and serve health and metrics.
+    Serve {
+        #[command(flatten)]
+        kafka: KafkaConfig,
+        #[command(flatten)]
+        database: DatabaseConfig,
+        /// Address of the health and metrics endpoints.
+        #[arg(long, env = "PROJECTOR_ADDR", default_value = "127.0.0.1:8082")]
+        addr: SocketAddr,
+    },
+    /// Apply the database migrations that are missing.
+    Migrate {
+        #[command(flatten)]
+        database: DatabaseConfig,
+    },
+}
+
+#[derive(OpenApi)]
+#[openapi(info(
+    title = "accounts-projector",
+    description = "Account settings: read-model projector. Only operations endpoints."
+))]
+struct ProjectorApi;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    accounts_platform::telemetry::init_tracing();
+    match Cli::parse().command {
+        CliCommand::Migrate { database } => {
+            let pool = accounts_platform::db::connect(&database).await?;
+            accounts_platform::db::migrate(&pool).await
+        }
+        CliCommand::Serve {
+            kafka,
+            database,
+            addr,
+        } => {
+            let pool = accounts_platform::db::connect(&database).await?;
+            let mut openapi = ProjectorApi::openapi();
+            openapi.merge(HealthApi::openapi());
+            let app = health_routes(Readiness::new(pool.clone(), &kafka)?, openapi);
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("failed to listen on {addr}"))?;
+            tracing::info!(address = %addr, "projector health endpoints listening");
+            let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+            let projector =
+                spawn_projector(kafka, pool, Arc::new(ProjectorControl::default())).await?;
+            tokio::select! {
+                result = projector => {
+                    server.abort();
+                    result.context("projector task failed")?.context("projector stopped")
+                }
+                () = accounts_platform::telemetry::shutdown_signal() => {
+                    tracing::info!("shutting down");
+                    server.abort();
+                    Ok(())
+                }
+            }
+        }
+    }
+}

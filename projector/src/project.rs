@@ -1,0 +1,96 @@
+//! How each event changes the read models. Every statement is idempotent and guarded by
+//! the aggregate sequence, so replays and out-of-date events change nothing.
+
+use accounts_events::{DomainEvent, RecordedEvent};
+use sqlx::{PgConnection, Postgres, Transaction};
+use uuid::Uuid;
+
+/// Applies one event inside the batch's transaction.
+pub async fn apply(
+    transaction: &mut Transaction<'_, Postgres>,
+    recorded: &RecordedEvent,
+) -> sqlx::Result<()> {
+    let connection: &mut PgConnection = transaction;
+    let meta = &recorded.meta;
+    let version = i64::try_from(meta.sequence).unwrap_or(i64::MAX);
+    match &recorded.event {
+        DomainEvent::AccountRegistered(registered) => {
+            sqlx::query(
+                "INSERT INTO accounts (account_id, email, email_normalized, name, version, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (account_id) DO NOTHING",
+            )
+            .bind(registered.account_id)
+            .bind(&registered.email)
+            .bind(&registered.email_normalized)
+            .bind(&registered.name)
+            .bind(version)
+            .bind(meta.time)
+            .execute(&mut *connection)
+            .await?;
+            sqlx::query(
+                "INSERT INTO credentials (account_id, email_normalized, password_hash, credential_version, version) \
+                 VALUES ($1, $2, $3, 1, $4) ON CONFLICT (account_id) DO NOTHING",
+            )
+            .bind(registered.account_id)
+            .bind(&registered.email_normalized)
+            .bind(&registered.password_hash)
+            .bind(version)
+            .execute(&mut *connection)
+            .await?;
+        }
+        DomainEvent::ProfileUpdated(profile) => {
+            let account_id = account_id(&meta.subject)?;
+            sqlx::query(
+                "UPDATE accounts SET name = $2, company_name = $3, industry = $4, business_phone = $5, \
+                 version = $6, updated_at = $7 WHERE account_id = $1 AND version < $6",
+            )
+            .bind(account_id)
+            .bind(&profile.name)
+            .bind(&profile.company_name)
+            .bind(&profile.industry)
+            .bind(&profile.business_phone)
+            .bind(version)
+            .bind(meta.time)
+            .execute(&mut *connection)
+            .await?;
+        }
+        DomainEvent::SessionStarted(session) => {
+            let account_id = account_id(&meta.subject)?;
+            sqlx::query(
+                "INSERT INTO sessions (session_id, account_id, token_sha256, created_at, expires_at, user_agent, ip) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (session_id) DO NOTHING",
+            )
+            .bind(session.session_id)
+            .bind(account_id)
+            .bind(&session.token_sha256)
+            .bind(meta.time)
+            .bind(session.expires_at)
+            .bind(&session.user_agent)
+            .bind(&session.ip)
+            .execute(&mut *connection)
+            .await?;
+            bump_version(connection, account_id, version).await?;
+        }
+        DomainEvent::EmailClaimed(_) => {}
+    }
+    Ok(())
+}
+
+/// Records that the account reached `version` through an event that changes no profile
+/// field, so that the profile's version matches the account's.
+async fn bump_version(
+    connection: &mut PgConnection,
+    account_id: Uuid,
+    version: i64,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE accounts SET version = $2 WHERE account_id = $1 AND version < $2")
+        .bind(account_id)
+        .bind(version)
+        .execute(&mut *connection)
+        .await?;
+    Ok(())
+}
+
+fn account_id(subject: &str) -> sqlx::Result<Uuid> {
+    Uuid::parse_str(subject).map_err(|error| sqlx::Error::Decode(Box::new(error)))
+}

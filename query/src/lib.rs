@@ -1,0 +1,207 @@
+//! The read API for the dashboard: profiles and reference data from the read models.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use accounts_events::INDUSTRIES;
+use accounts_platform::auth::authenticate;
+use accounts_platform::http::{health_routes, HealthApi, Readiness};
+use accounts_platform::problem::internal_error;
+use accounts_platform::{
+    DatabaseConfig, FieldError, KafkaConfig, Position, Problem, ProjectionProgress,
+};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use utoipa::{OpenApi, ToSchema};
+use uuid::Uuid;
+
+/// Longest wait for `X-Min-Position`.
+const MIN_POSITION_WAIT: Duration = Duration::from_secs(2);
+
+/// Settings of `accounts-query serve`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServeConfig {
+    #[command(flatten)]
+    pub kafka: KafkaConfig,
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "QUERY_ADDR", default_value = "127.0.0.1:8081")]
+    pub addr: SocketAddr,
+}
+
+#[derive(Clone)]
+struct AppState {
+    pool: PgPool,
+    progress: ProjectionProgress,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "accounts-query", description = "Account settings: reads."),
+    paths(get_profile, list_industries),
+    components(schemas(Profile, IndustryOption, Problem, FieldError))
+)]
+struct QueryApi;
+
+/// Serves the query API on `listener` until the returned task is aborted.
+pub async fn serve_api(
+    config: &ServeConfig,
+    listener: TcpListener,
+) -> anyhow::Result<JoinHandle<()>> {
+    let pool = accounts_platform::db::connect(&config.database).await?;
+    let state = AppState {
+        progress: ProjectionProgress::start(pool.clone(), config.kafka.topics().events).await?,
+        pool: pool.clone(),
+    };
+    let mut openapi = QueryApi::openapi();
+    openapi.merge(HealthApi::openapi());
+    let app = Router::new()
+        .route("/v1/profile", get(get_profile))
+        .route("/v1/industries", get(list_industries))
+        .with_state(state)
+        .merge(health_routes(Readiness::new(pool, &config.kafka)?, openapi))
+        .layer(tower_http::trace::TraceLayer::new_for_http());
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "query API listening");
+    Ok(tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "query API stopped");
+        }
+    }))
+}
+
+/// Waits until the read models include the `X-Min-Position` header's position, if any.
+async fn await_min_position(
+    progress: &ProjectionProgress,
+    headers: &HeaderMap,
+) -> Result<(), Problem> {
+    let Some(value) = headers.get("x-min-position") else {
+        return Ok(());
+    };
+    let position: Position = value
+        .to_str()
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| {
+            Problem::malformed(
+                "X-Min-Position",
+                "use the position returned by a command, such as \"3-1042\"",
+            )
+        })?;
+    if progress.wait_for(position, MIN_POSITION_WAIT).await {
+        Ok(())
+    } else {
+        Err(Problem::unavailable(
+            "projection_lagging",
+            format!("the read models do not include position {position} yet; retry shortly"),
+            1,
+        ))
+    }
+}
+
+/// The signed-in account's profile.
+#[derive(Serialize, ToSchema)]
+pub struct Profile {
+    pub account_id: Uuid,
+    pub email: String,
+    pub email_verified: bool,
+    pub pending_email: Option<String>,
+    pub name: String,
+    pub company_name: Option<String>,
+    /// Identifier from `GET /v1/industries`.
+    pub industry: Option<String>,
+    /// E.164, such as `+919988776655`.
+    pub business_phone: Option<String>,
+    pub picture_url: Option<String>,
+    pub version: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ProfileRow {
+    account_id: Uuid,
+    email: String,
+    email_verified: bool,
+    name: String,
+    company_name: Option<String>,
+    industry: Option<String>,
+    business_phone: Option<String>,
+    version: i64,
+    updated_at: DateTime<Utc>,
+}
+
+/// Returns the signed-in account's profile.
+#[utoipa::path(get, path = "/v1/profile", tag = "profile", params(
+    ("X-Min-Position" = Option<String>, Header, description = "wait up to 2 s until the read models include this position"),
+), responses(
+    (status = 200, body = Profile, headers(("ETag" = String, description = "the account version"))),
+    (status = 401, body = Problem), (status = 503, body = Problem, description = "projection_lagging"),
+), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(account_id = tracing::field::Empty))]
+async fn get_profile(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    await_min_position(&state.progress, &headers).await?;
+    let caller = authenticate(&state.pool, &headers).await?;
+    tracing::Span::current().record("account_id", tracing::field::display(caller.account_id));
+
+    let row: Option<ProfileRow> = sqlx::query_as(
+        "SELECT account_id, email, email_verified, name, company_name, industry, business_phone, version, updated_at \
+         FROM accounts WHERE account_id = $1",
+    )
+    .bind(caller.account_id)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(|error| internal_error(&anyhow::Error::new(error).context("failed to load profile")))?;
+    let Some(row) = row else {
+        return Err(Problem::unauthorized());
+    };
+
+    let version = row.version;
+    let profile = Profile {
+        account_id: row.account_id,
+        email: row.email,
+        email_verified: row.email_verified,
+        pending_email: None,
+        name: row.name,
+        company_name: row.company_name,
+        industry: row.industry,
+        business_phone: row.business_phone,
+        picture_url: None,
+        version,
+        updated_at: row.updated_at,
+    };
+    let mut response = Json(profile).into_response();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    Ok(response)
+}
+
+/// An industry a profile can name.
+#[derive(Serialize, ToSchema)]
+pub struct IndustryOption {
+    pub id: &'static str,
+    pub label: &'static str,
+}
+
+/// Lists the industries a profile can name. No session is needed.
+#[utoipa::path(get, path = "/v1/industries", tag = "profile", responses((status = 200, body = Vec<IndustryOption>)))]
+async fn list_industries() -> Json<Vec<IndustryOption>> {
+    Json(
+        INDUSTRIES
+            .iter()
+            .map(|(id, label)| IndustryOption { id, label })
+            .collect(),
+    )
+}
