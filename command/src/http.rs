@@ -112,15 +112,14 @@ async fn read_json<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Resu
     let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
     serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let path = error.path().to_string();
-        let field = if path == "." { "body".to_owned() } else { path };
         let inner = error.into_inner();
-        let message = match inner.classify() {
+        match inner.classify() {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                format!("the body is not valid JSON: {inner}")
+                Problem::malformed("body", format!("the body is not valid JSON: {inner}"))
             }
-            _ => inner.to_string(),
-        };
-        Problem::malformed(&field, message)
+            _ if path == "." => Problem::malformed("body", inner.to_string()),
+            _ => Problem::malformed(&path, inner.to_string()),
+        }
     })
 }
 

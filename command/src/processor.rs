@@ -338,8 +338,29 @@ impl<'a> Worker<'a> {
                     }
                 }
                 AssignmentChange::Assigned(partitions) => {
-                    for partition in partitions {
-                        let owned = self.acquire(partition)?;
+                    // Partitions are rebuilt in parallel: each waits mostly on the broker.
+                    let this = &*self;
+                    let acquired: Vec<anyhow::Result<(i32, OwnedPartition)>> =
+                        std::thread::scope(|scope| {
+                            let handles: Vec<_> = partitions
+                                .iter()
+                                .map(|partition| {
+                                    scope.spawn(move || {
+                                        this.acquire(*partition).map(|owned| (*partition, owned))
+                                    })
+                                })
+                                .collect();
+                            handles
+                                .into_iter()
+                                .map(|handle| {
+                                    handle.join().unwrap_or_else(|_| {
+                                        Err(anyhow!("partition rebuild thread panicked"))
+                                    })
+                                })
+                                .collect()
+                        });
+                    for result in acquired {
+                        let (partition, owned) = result?;
                         self.owned.insert(partition, owned);
                     }
                 }
@@ -808,6 +829,20 @@ fn wait_for_deliveries(
     Ok(offsets)
 }
 
+/// A consumer context that does not report reaching the end of a partition as an error,
+/// because the rebuild reads exactly up to there.
+struct EndOfPartitionIsExpected;
+
+impl ClientContext for EndOfPartitionIsExpected {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!(%error, reason, "rebuild consumer error");
+        }
+    }
+}
+
+impl ConsumerContext for EndOfPartitionIsExpected {}
+
 /// Reads event partition `partition` from the start with read_committed and folds it into
 /// the state of every aggregate in it. Returns the state and the number of events read.
 fn rebuild(
@@ -815,7 +850,7 @@ fn rebuild(
     topic: &str,
     partition: i32,
 ) -> anyhow::Result<(PartitionState, u64)> {
-    let reader: BaseConsumer = client_config(kafka)
+    let reader: BaseConsumer<EndOfPartitionIsExpected> = client_config(kafka)
         .set(
             "group.id",
             format!("{}accounts-decider-rebuild", kafka.topic_prefix),
@@ -824,7 +859,7 @@ fn rebuild(
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "10")
-        .create()
+        .create_with_context(EndOfPartitionIsExpected)
         .context("failed to create the rebuild consumer")?;
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, partition, Offset::Beginning)?;

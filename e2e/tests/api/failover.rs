@@ -52,6 +52,23 @@ async fn takeover_after_crash_keeps_exactly_once() {
                     patch_until_confirmed(app, user, &format!("Name {round}"), &key).await;
                 assert_eq!(status, StatusCode::OK, "{body}");
                 versions.push(body["version"].as_u64().unwrap());
+
+                // A stale If-Match is rejected and must leave no trace in the log.
+                let rejected = app
+                    .patch_profile(user, &json!({"name": format!("Rejected {round}")}))
+                    .header("If-Match", "\"1\"")
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(
+                    [
+                        StatusCode::PRECONDITION_FAILED,
+                        StatusCode::SERVICE_UNAVAILABLE
+                    ]
+                    .contains(&rejected.status()),
+                    "{}",
+                    rejected.status()
+                );
             }
             versions
         }
@@ -95,6 +112,13 @@ async fn takeover_after_crash_keeps_exactly_once() {
             assert!(sequences.contains(version));
         }
     }
+
+    assert!(
+        !committed.iter().any(|event| event.value["data"]["name"]
+            .as_str()
+            .is_some_and(|name| name.starts_with("Rejected"))),
+        "a rejected command's event is visible"
+    );
 
     // The crashed worker's open transaction was written and then aborted: its records exist
     // but no read_committed reader sees them.
