@@ -268,6 +268,9 @@ impl BusinessPhone {
     }
 }
 
+/// A character-class rule of the password policy: the test, its problem code and a hint.
+type PasswordRule = (fn(char) -> bool, &'static str, &'static str);
+
 /// A new password that meets the policy. Wrapped so that it never reaches a log.
 pub struct NewPassword(SecretString);
 
@@ -290,7 +293,7 @@ impl NewPassword {
                 format!("use at most {MAX_PASSWORD_CHARS} characters"),
             ));
         }
-        let rules: [(fn(char) -> bool, &str, &str); 4] = [
+        let rules: [PasswordRule; 4] = [
             (
                 char::is_uppercase,
                 "password_missing_uppercase",

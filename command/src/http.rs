@@ -6,7 +6,7 @@ use std::time::Duration;
 use accounts_events::{Actor, ActorKind, AggregateId};
 use accounts_platform::auth::{authenticate, hash_token};
 use accounts_platform::problem::internal_error;
-use accounts_platform::{FieldError, Position, Problem, ProjectionProgress};
+use accounts_platform::{FieldError, Position, Problem, ProblemDetails, ProjectionProgress};
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -66,7 +66,7 @@ pub struct AppState {
         ProfilePatch,
         PhoneInput,
         CommandResponse,
-        Problem,
+        ProblemDetails,
         FieldError
     ))
 )]
@@ -339,7 +339,7 @@ pub struct RegisterResponse {
 ), responses(
     (status = 201, body = RegisterResponse),
     (status = 202, body = RegisterResponse, description = "accepted; the read models do not show it yet"),
-    (status = 400, body = Problem), (status = 409, body = Problem, description = "email_taken"), (status = 422, body = Problem),
+    (status = 400, body = ProblemDetails), (status = 409, body = ProblemDetails, description = "email_taken"), (status = 422, body = ProblemDetails),
 ))]
 #[tracing::instrument(skip_all, fields(account_id = tracing::field::Empty))]
 pub async fn register(
@@ -438,7 +438,7 @@ const MAX_SIGN_IN_PASSWORD_BYTES: usize = 1024;
 /// Signs in with email and password and opens a session.
 #[utoipa::path(post, path = "/v1/sessions", tag = "sessions", request_body = SignInRequest, responses(
     (status = 201, body = SessionResponse),
-    (status = 400, body = Problem), (status = 401, body = Problem, description = "invalid_credentials"), (status = 422, body = Problem),
+    (status = 400, body = ProblemDetails), (status = 401, body = ProblemDetails, description = "invalid_credentials"), (status = 422, body = ProblemDetails),
 ))]
 #[tracing::instrument(skip_all, fields(account_id = tracing::field::Empty))]
 pub async fn sign_in(
@@ -611,7 +611,7 @@ impl ProfilePatch {
     ("Idempotency-Key" = Option<String>, Header, description = "makes a retry return the first outcome"),
 ), responses(
     (status = 200, body = CommandResponse), (status = 202, body = CommandResponse, description = "accepted; the read models do not show it yet"),
-    (status = 400, body = Problem), (status = 401, body = Problem), (status = 412, body = Problem, description = "version_mismatch"), (status = 422, body = Problem),
+    (status = 400, body = ProblemDetails), (status = 401, body = ProblemDetails), (status = 412, body = ProblemDetails, description = "version_mismatch"), (status = 422, body = ProblemDetails),
 ), security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(account_id = tracing::field::Empty))]
 pub async fn update_profile(

@@ -11,5 +11,5 @@ pub mod telemetry;
 
 pub use auth::{hash_token, Authenticated};
 pub use config::{DatabaseConfig, KafkaConfig};
-pub use problem::{FieldError, Problem};
+pub use problem::{FieldError, Problem, ProblemDetails};
 pub use progress::{Position, ProjectionProgress};

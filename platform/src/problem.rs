@@ -17,9 +17,22 @@ pub struct FieldError {
     pub message: String,
 }
 
-/// An error response. `code` is stable and unique per kind of failure.
+/// An error response, boxed so that `Result<_, Problem>` stays small.
+#[derive(Clone, Debug)]
+pub struct Problem(Box<ProblemDetails>);
+
+impl std::ops::Deref for Problem {
+    type Target = ProblemDetails;
+
+    fn deref(&self) -> &ProblemDetails {
+        &self.0
+    }
+}
+
+/// The body of an error response. `code` is stable and unique per kind of failure.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct Problem {
+#[schema(as = Problem)]
+pub struct ProblemDetails {
     #[serde(rename = "type")]
     pub problem_type: String,
     pub title: String,
@@ -49,7 +62,7 @@ fn serialize_status<S: serde::Serializer>(
 impl Problem {
     /// Builds a problem with a status, a stable code and a sentence for people.
     pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(ProblemDetails {
             problem_type: format!("urn:accounts:problem:{code}"),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status,
@@ -58,7 +71,7 @@ impl Problem {
             errors: Vec::new(),
             retry_after: None,
             extensions: serde_json::Map::new(),
-        }
+        }))
     }
 
     /// A 422 for well-formed input with invalid values.
@@ -69,7 +82,7 @@ impl Problem {
             "validation_failed",
             format!("invalid value in: {}", fields.join(", ")),
         );
-        problem.errors = errors;
+        problem.0.errors = errors;
         problem
     }
 
@@ -81,7 +94,7 @@ impl Problem {
             "malformed_request",
             message.clone(),
         );
-        problem.errors.push(FieldError {
+        problem.0.errors.push(FieldError {
             field: field.to_owned(),
             code: "malformed".to_owned(),
             message,
@@ -110,13 +123,13 @@ impl Problem {
     /// A 503 asking the client to retry after `seconds`.
     pub fn unavailable(code: &str, detail: impl Into<String>, seconds: u64) -> Self {
         let mut problem = Self::new(StatusCode::SERVICE_UNAVAILABLE, code, detail);
-        problem.retry_after = Some(seconds);
+        problem.0.retry_after = Some(seconds);
         problem
     }
 
     /// Adds a member to the body.
     pub fn with_extension(mut self, name: &str, value: serde_json::Value) -> Self {
-        self.extensions.insert(name.to_owned(), value);
+        self.0.extensions.insert(name.to_owned(), value);
         self
     }
 }
@@ -125,7 +138,7 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = self.status;
         let retry_after = self.retry_after;
-        let body = serde_json::to_vec(&self).unwrap_or_else(|_| b"{}".to_vec());
+        let body = serde_json::to_vec(&*self.0).unwrap_or_else(|_| b"{}".to_vec());
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));

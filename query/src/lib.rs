@@ -8,7 +8,7 @@ use accounts_platform::auth::authenticate;
 use accounts_platform::http::{health_routes, HealthApi, Readiness};
 use accounts_platform::problem::internal_error;
 use accounts_platform::{
-    DatabaseConfig, FieldError, KafkaConfig, Position, Problem, ProjectionProgress,
+    DatabaseConfig, FieldError, KafkaConfig, Position, Problem, ProblemDetails, ProjectionProgress,
 };
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -48,7 +48,7 @@ struct AppState {
 #[openapi(
     info(title = "accounts-query", description = "Account settings: reads."),
     paths(get_profile, list_industries),
-    components(schemas(Profile, IndustryOption, Problem, FieldError))
+    components(schemas(Profile, IndustryOption, ProblemDetails, FieldError))
 )]
 struct QueryApi;
 
@@ -144,7 +144,7 @@ struct ProfileRow {
     ("X-Min-Position" = Option<String>, Header, description = "wait up to 2 s until the read models include this position"),
 ), responses(
     (status = 200, body = Profile, headers(("ETag" = String, description = "the account version"))),
-    (status = 401, body = Problem), (status = 503, body = Problem, description = "projection_lagging"),
+    (status = 401, body = ProblemDetails), (status = 503, body = ProblemDetails, description = "projection_lagging"),
 ), security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(account_id = tracing::field::Empty))]
 async fn get_profile(
