@@ -2,8 +2,8 @@
 //! aggregate, then wait for the decider's reply.
 //!
 //! Each process has a reply route: a random id and the reply-topic partition it hashes
-//! to. The process reads only that partition, with read_committed, so it sees a reply only
-//! once the transaction holding the command's events has committed.
+//! to. The process reads only that partition, with read_committed, so it receives a reply only
+//! once the transaction containing the command's events has committed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,7 +25,7 @@ use crate::wire::{CommandEnvelope, Outcome, Reply, ReplyRoute};
 
 type Pending = Arc<Mutex<HashMap<Uuid, oneshot::Sender<Outcome>>>>;
 
-/// Why a command got no outcome.
+/// The reason a command got no outcome.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     /// The command was sent, but no reply came in time. It may still be applied; a retry
@@ -72,14 +72,7 @@ impl CommandBus {
             .set("fetch.wait.max.ms", "5")
             .create()
             .context("failed to create the reply consumer")?;
-        let (_, high) = consumer
-            .fetch_watermarks(&topics.replies, route.partition, Duration::from_secs(10))
-            .with_context(|| {
-                format!(
-                    "failed to read the end of reply partition {}",
-                    route.partition
-                )
-            })?;
+        let high = reply_partition_end(&consumer, &topics.replies, route.partition).await?;
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(&topics.replies, route.partition, Offset::Offset(high))?;
         consumer
@@ -110,6 +103,7 @@ impl CommandBus {
         envelope: &CommandEnvelope,
     ) -> Result<Outcome, BusError> {
         let payload = serde_json::to_vec(envelope).context("failed to encode command")?;
+        let started = std::time::Instant::now();
         let (sender, receiver) = oneshot::channel();
         self.lock_pending()?.insert(envelope.request_id, sender);
 
@@ -125,7 +119,11 @@ impl CommandBus {
         }
 
         match tokio::time::timeout(self.reply_timeout, receiver).await {
-            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Ok(outcome)) => {
+                metrics::histogram!("command_reply_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                Ok(outcome)
+            }
             Ok(Err(_)) => Err(BusError::Kafka(anyhow!("the reply reader stopped"))),
             Err(_) => {
                 self.lock_pending()?.remove(&envelope.request_id);
@@ -140,6 +138,30 @@ impl CommandBus {
         self.pending
             .lock()
             .map_err(|_| anyhow!("pending command map lock poisoned"))
+    }
+}
+
+/// Returns the end offset of the reply partition, retrying for a minute while a broker
+/// that has just started is still loading.
+async fn reply_partition_end(
+    consumer: &StreamConsumer,
+    topic: &str,
+    partition: i32,
+) -> anyhow::Result<i64> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
+            Ok((_, high)) => return Ok(high),
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(%error, topic, partition, "failed to read the end of the reply partition; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(error) => {
+                return Err(anyhow!(error).context(format!(
+                    "failed to read the end of reply partition {partition} of {topic}"
+                )));
+            }
+        }
     }
 }
 

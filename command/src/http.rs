@@ -33,7 +33,7 @@ use crate::wire::{Command, CommandEnvelope, FieldValue, Outcome, ProfileChanges}
 const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Longest accepted `Idempotency-Key`.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
-/// Longest user agent recorded on events.
+/// Maximum length of the user agent recorded on events, in characters.
 const MAX_USER_AGENT: usize = 512;
 /// Namespace of command ids derived from `Idempotency-Key`.
 const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_3c2e_9b4d_4e8a_a5c1_2f7d_0e9b_8c31);
@@ -83,8 +83,8 @@ pub fn routes(state: AppState) -> Router {
 
 // ---- Request parsing -------------------------------------------------------------------
 
-/// Reads a JSON body, answering 413 past [`MAX_BODY_BYTES`], 415 for another content
-/// type, and 400 naming the field for malformed JSON, unknown fields or wrong types.
+/// Reads a JSON body. Returns 413 past [`MAX_BODY_BYTES`], 415 for another content type,
+/// and 400 naming the field for malformed JSON, unknown fields or wrong types.
 async fn read_json<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, Problem> {
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
         let content_type = content_type
@@ -248,6 +248,7 @@ impl AppState {
                 return Err(rejection_problem(&rejection, command_id))
             }
         };
+        let waiting = std::time::Instant::now();
         let visible = match position.as_deref().map(str::parse::<Position>) {
             Some(Ok(position)) => {
                 self.progress
@@ -256,6 +257,8 @@ impl AppState {
             }
             _ => true,
         };
+        metrics::histogram!("command_visibility_wait_seconds")
+            .record(waiting.elapsed().as_secs_f64());
         Ok(Executed {
             account_id,
             version,
@@ -432,7 +435,8 @@ pub struct SessionResponse {
     pub expires_at: chrono::DateTime<Utc>,
 }
 
-/// Longest password checked at sign-in; longer ones cannot match any stored password.
+/// Maximum password length checked at sign-in, in bytes. Longer ones cannot match a stored
+/// password, because registration accepts at most 128 characters.
 const MAX_SIGN_IN_PASSWORD_BYTES: usize = 1024;
 
 /// Signs in with email and password and opens a session.

@@ -98,6 +98,9 @@ pub async fn serve_api(
     openapi.merge(HealthApi::openapi());
     let app = http::routes(state)
         .merge(health_routes(Readiness::new(pool, &config.kafka)?, openapi))
+        .route_layer(axum::middleware::from_fn(
+            accounts_platform::http::track_requests,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http());
     let address = listener.local_addr()?;
     tracing::info!(%address, "command API listening");

@@ -6,9 +6,9 @@
 //!
 //! 1. On assignment, the new owner calls `init_transactions` with that id. The broker then
 //!    fences the previous owner's producer and aborts its open transaction, so a stalled
-//!    or crashed owner can never commit again. (KIP-447 group-metadata fencing would also
-//!    reject the zombie's commit, but leaves its open transaction blocking read_committed
-//!    readers until it times out; a fixed id per partition aborts it at once.)
+//!    or crashed owner can never commit again. KIP-447 group-metadata fencing would also
+//!    reject the zombie's commit, but its open transaction would block read_committed
+//!    readers until it timed out. A fixed id per partition aborts it at once.
 //! 2. It then reads the committed command offset and rebuilds every aggregate of the
 //!    partition from event partition p with read_committed, up to the end of the log.
 //! 3. For each batch of commands it runs `decide` and, in one Kafka transaction, appends
@@ -36,6 +36,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use uuid::Uuid;
 
@@ -82,6 +83,12 @@ impl WorkerControl {
     pub fn batches_committed(&self) -> u64 {
         self.batches_committed.load(Ordering::SeqCst)
     }
+}
+
+/// Returns the transactional id of the writer of event partition `partition`. It is the
+/// same for every owner of the partition, so each new owner fences the one before.
+pub fn transactional_id(topic_prefix: &str, partition: i32) -> String {
+    format!("{topic_prefix}accounts-decider-{partition}")
 }
 
 /// Starts a worker on its own thread. It restarts itself after failures until stopped.
@@ -193,7 +200,7 @@ impl ProducerContext for DeliveryRecorder {
     }
 }
 
-/// What a worker knows about the aggregates of one partition.
+/// The state a worker keeps for the aggregates of one partition.
 #[derive(Default)]
 struct PartitionState {
     accounts: HashMap<Uuid, AccountState>,
@@ -376,13 +383,15 @@ impl<'a> Worker<'a> {
         let producer: BaseProducer<DeliveryRecorder> = client_config(&self.config.kafka)
             .set(
                 "transactional.id",
-                format!(
-                    "{}accounts-decider-{partition}",
-                    self.config.kafka.topic_prefix
-                ),
+                transactional_id(&self.config.kafka.topic_prefix, partition),
             )
             .set("transaction.timeout.ms", "15000")
             .set("linger.ms", "1")
+            // The coordinator answers CONCURRENT_TRANSACTIONS while it writes the previous
+            // transaction's markers, and librdkafka retries after retry.backoff.ms (100 ms by
+            // default), which would add up to 200 ms to every command.
+            .set("retry.backoff.ms", "2")
+            .set("retry.backoff.max.ms", "50")
             .create_with_context(DeliveryRecorder::default())
             .context("failed to create the event producer")?;
         producer.init_transactions(KAFKA_TIMEOUT).with_context(|| {
@@ -436,6 +445,7 @@ impl<'a> Worker<'a> {
         let Some(last_offset) = commands.last().map(|incoming| incoming.offset) else {
             return Ok(());
         };
+        let started = Instant::now();
         owned
             .producer
             .begin_transaction()
@@ -467,6 +477,7 @@ impl<'a> Worker<'a> {
                 .producer
                 .send_offsets_to_transaction(&offsets, &metadata, KAFKA_TIMEOUT)
                 .context("failed to add command offsets to the transaction")?;
+            drain(&owned.producer).context("failed to deliver replies")?;
             owned
                 .producer
                 .commit_transaction(KAFKA_TIMEOUT)
@@ -481,6 +492,8 @@ impl<'a> Worker<'a> {
                 self.control
                     .batches_committed
                     .fetch_add(1, Ordering::SeqCst);
+                metrics::histogram!("decider_batch_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 metrics::counter!("decider_commands_total").increment(commands.len() as u64);
                 Ok(())
             }
@@ -801,7 +814,23 @@ fn send_reply(
         .map_err(|(error, _)| anyhow!(error).context("failed to queue reply"))
 }
 
-/// Flushes the producer and returns the offsets of the event records `0..count`.
+/// Waits until every queued record is delivered, serving delivery reports.
+///
+/// `BaseProducer::flush` in rust-rdkafka 0.39 polls in steps of 100 ms and was seen to sleep
+/// a full step per call, which added 100 ms to every batch twice (commit flushes too).
+/// Short polls return as soon as the broker acknowledges.
+fn drain(producer: &BaseProducer<DeliveryRecorder>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + KAFKA_TIMEOUT;
+    while producer.in_flight_count() > 0 {
+        if Instant::now() > deadline {
+            bail!("records were not delivered within {KAFKA_TIMEOUT:?}");
+        }
+        producer.poll(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// Delivers the queued records and returns the offsets of the event records `0..count`.
 fn wait_for_deliveries(
     producer: &BaseProducer<DeliveryRecorder>,
     count: usize,
@@ -809,9 +838,7 @@ fn wait_for_deliveries(
     if count == 0 {
         return Ok(Vec::new());
     }
-    producer
-        .flush(KAFKA_TIMEOUT)
-        .context("failed to deliver events")?;
+    drain(producer).context("failed to deliver events")?;
     let mut delivered = producer
         .context()
         .offsets
@@ -835,7 +862,9 @@ struct EndOfPartitionIsExpected;
 
 impl ClientContext for EndOfPartitionIsExpected {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        let end_of_partition = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
+        if !end_of_partition {
             tracing::error!(%error, reason, "rebuild consumer error");
         }
     }

@@ -16,8 +16,8 @@ use crate::config::KafkaConfig;
 use crate::kafka::client_config;
 use crate::telemetry::metrics_handle;
 
-/// What `/readyz` checks: PostgreSQL answers a query and the Kafka cluster answers a
-/// metadata request.
+/// The checks of `/readyz`: PostgreSQL runs a query and the Kafka cluster returns a
+/// metadata response.
 #[derive(Clone)]
 pub struct Readiness {
     pool: PgPool,
@@ -41,6 +41,8 @@ pub struct HealthApi;
 
 /// Returns the routes for health, metrics and the given OpenAPI document.
 pub fn health_routes(readiness: Readiness, openapi: utoipa::openapi::OpenApi) -> Router {
+    // Install the recorder now: metrics recorded before it exists are lost.
+    drop(metrics_handle());
     let openapi = Arc::new(openapi);
     Router::new()
         .route("/healthz", get(healthz))
@@ -53,13 +55,13 @@ pub fn health_routes(readiness: Readiness, openapi: utoipa::openapi::OpenApi) ->
         )
 }
 
-/// The process is alive.
+/// Reports that the process is alive.
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "alive")))]
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Kafka and PostgreSQL are reachable.
+/// Reports whether Kafka and PostgreSQL are reachable.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, description = "ready"),
     (status = 503, description = "Kafka or PostgreSQL is unreachable"),
@@ -83,7 +85,7 @@ pub async fn readyz(State(readiness): State<Readiness>) -> Response {
     }
 }
 
-/// Prometheus metrics in the text exposition format.
+/// Renders Prometheus metrics in the text exposition format.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "metrics", content_type = "text/plain")))]
 pub async fn metrics() -> Response {
     (
@@ -91,4 +93,27 @@ pub async fn metrics() -> Response {
         metrics_handle().render(),
     )
         .into_response()
+}
+
+/// Records `http_requests_total` and `http_request_duration_seconds` per route, method and
+/// status. Use with `axum::middleware::from_fn`.
+pub async fn track_requests(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().to_string();
+
+    let response = next.run(request).await;
+
+    let status = response.status().as_u16().to_string();
+    let labels = [("route", route), ("method", method), ("status", status)];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
 }

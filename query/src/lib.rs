@@ -69,6 +69,9 @@ pub async fn serve_api(
         .route("/v1/industries", get(list_industries))
         .with_state(state)
         .merge(health_routes(Readiness::new(pool, &config.kafka)?, openapi))
+        .route_layer(axum::middleware::from_fn(
+            accounts_platform::http::track_requests,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http());
     let address = listener.local_addr()?;
     tracing::info!(%address, "query API listening");

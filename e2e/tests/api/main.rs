@@ -3,6 +3,7 @@
 
 mod concurrency;
 mod failover;
+mod fencing;
 mod helpers;
 mod projector;
 mod slice;
