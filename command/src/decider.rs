@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::wire::{Command, FieldValue, ProfileChanges};
 
-/// Why a decider rejected a command. Each maps to one HTTP status and problem code.
+/// The reason a decider rejected a command. Each maps to one HTTP status and problem code.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Rejection {
@@ -39,7 +39,7 @@ pub enum Target<'a> {
     Account(&'a AccountState),
 }
 
-/// Which aggregate an event belongs to.
+/// The aggregate an event belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventTarget {
     Account,

@@ -26,8 +26,8 @@ pub struct CommandEnvelope {
     pub command: Command,
 }
 
-/// Where the decider sends the reply: a partition of the reply topic and the record key
-/// that the waiting command-service instance filters on.
+/// The destination of a reply: a partition of the reply topic and the record key that the
+/// waiting command-service instance filters on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplyRoute {
     pub partition: i32,
@@ -49,12 +49,12 @@ pub struct ProfileChanges {
     pub business_phone: Option<FieldValue>,
 }
 
-/// What a command asks for.
+/// The request a command carries.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
-    /// Addressed to the email claim; creates the claim and the account in one transaction,
-    /// which works because the account id is chosen in the claim's partition.
+    /// Creates the email claim and the account in one transaction. It is addressed to the
+    /// claim, and the account id is chosen so that it falls in the claim's partition.
     RegisterAccount {
         account_id: Uuid,
         email: String,

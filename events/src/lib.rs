@@ -3,7 +3,7 @@
 //! Everything a consumer of `accounts.events.v1` needs: topic names, the partitioning
 //! function, the CloudEvents record envelope, the event types with their schema versions,
 //! and [`AccountState::evolve`], the fold that turns an account's events into its state.
-//! This crate holds no business rules and performs no I/O.
+//! This crate contains no business rules and performs no I/O.
 
 pub mod envelope;
 pub mod event;

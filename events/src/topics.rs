@@ -30,7 +30,7 @@ impl Topics {
     }
 }
 
-/// Returns the partition of the command and event topics that holds `key`.
+/// Returns the partition of the command and event topics that contains `key`.
 ///
 /// Every producer sets the partition explicitly from this function, so placement never
 /// depends on a client library's default partitioner (librdkafka's and Java's differ).

@@ -2,7 +2,7 @@
 //!
 //! A session token is 32 random bytes, base64url-encoded, and only its SHA-256 is stored.
 //! Both services check the `sessions` read model on every request, and a command that
-//! revokes a session answers only after that read model includes the revocation, so a
+//! revokes a session responds only after that read model includes the revocation, so a
 //! revoked token is rejected on the very next request.
 
 use axum::http::{header, HeaderMap};

@@ -74,7 +74,7 @@ impl Problem {
         }))
     }
 
-    /// A 422 for well-formed input with invalid values.
+    /// Builds a 422 for well-formed input with invalid values.
     pub fn validation(errors: Vec<FieldError>) -> Self {
         let fields: Vec<&str> = errors.iter().map(|error| error.field.as_str()).collect();
         let mut problem = Self::new(
@@ -86,7 +86,7 @@ impl Problem {
         problem
     }
 
-    /// A 400 for a body that is not the JSON the endpoint expects.
+    /// Builds a 400 for a body that is not the JSON the endpoint expects.
     pub fn malformed(field: &str, message: impl Into<String>) -> Self {
         let message = message.into();
         let mut problem = Self::new(
@@ -102,7 +102,7 @@ impl Problem {
         problem
     }
 
-    /// A 401 for a missing, expired or revoked session.
+    /// Builds a 401 for a missing, expired or revoked session.
     pub fn unauthorized() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
@@ -111,7 +111,7 @@ impl Problem {
         )
     }
 
-    /// An opaque 500; the cause is logged once by the caller.
+    /// Builds an opaque 500. The caller logs the cause once.
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -120,7 +120,7 @@ impl Problem {
         )
     }
 
-    /// A 503 asking the client to retry after `seconds`.
+    /// Builds a 503 that asks the client to retry after `seconds`.
     pub fn unavailable(code: &str, detail: impl Into<String>, seconds: u64) -> Self {
         let mut problem = Self::new(StatusCode::SERVICE_UNAVAILABLE, code, detail);
         problem.0.retry_after = Some(seconds);
