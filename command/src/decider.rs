@@ -2,14 +2,14 @@
 //! rejection. It is pure: no I/O, and the time comes in as a parameter.
 
 use accounts_events::{
-    AccountRegistered, AccountState, DomainEvent, EmailClaimState, EmailClaimed, ProfileUpdated,
-    SessionStarted,
+    AccountRegistered, AccountState, DomainEvent, EmailClaimState, EmailClaimed, PasswordChanged,
+    ProfileUpdated, SessionStarted, SessionsRevoked,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::wire::{Command, FieldValue, ProfileChanges};
+use crate::wire::{Command, FieldValue, ProfileChanges, RevokeScope};
 
 /// The reason a decider rejected a command. Each maps to one HTTP status and problem code.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -23,6 +23,8 @@ pub enum Rejection {
     AccountNotFound,
     #[error("the credentials changed while the request was checked")]
     CredentialsChanged,
+    #[error("the session does not exist or has ended")]
+    SessionNotFound,
     #[error("the session expires in the past")]
     SessionAlreadyExpired,
     #[error("the command does not fit the aggregate it was sent to")]
@@ -128,8 +130,83 @@ pub fn decide(
                 }),
             )])
         }
+        (
+            Target::Account(account),
+            Command::RevokeSessions {
+                scope,
+                current_session,
+                ..
+            },
+        ) => {
+            require_version(account, expected_version)?;
+            let (session_ids, reason) = match scope {
+                RevokeScope::One { session_id } => {
+                    let active = account
+                        .sessions
+                        .get(session_id)
+                        .is_some_and(|session| session.is_active(now));
+                    if !active {
+                        return Err(Rejection::SessionNotFound);
+                    }
+                    let reason = if session_id == current_session {
+                        "sign_out"
+                    } else {
+                        "revoked"
+                    };
+                    (vec![*session_id], reason)
+                }
+                RevokeScope::All => (active_sessions(account, now, None), "revoke_all"),
+            };
+            Ok(revoke(session_ids, reason).into_iter().collect())
+        }
+        (
+            Target::Account(account),
+            Command::ChangePassword {
+                password_hash,
+                credential_version,
+                current_session,
+                ..
+            },
+        ) => {
+            require_version(account, expected_version)?;
+            if account.credential_version != *credential_version {
+                return Err(Rejection::CredentialsChanged);
+            }
+            let changed = DomainEvent::PasswordChanged(PasswordChanged {
+                password_hash: password_hash.clone(),
+                credential_version: credential_version + 1,
+            });
+            let others = active_sessions(account, now, Some(*current_session));
+            Ok(std::iter::once((EventTarget::Account, changed))
+                .chain(revoke(others, "password_changed"))
+                .collect())
+        }
         _ => Err(Rejection::Misaddressed),
     }
+}
+
+/// Returns the ids of the sessions active at `now`, leaving out `except`.
+fn active_sessions(account: &AccountState, now: DateTime<Utc>, except: Option<Uuid>) -> Vec<Uuid> {
+    account
+        .sessions
+        .iter()
+        .filter(|(id, session)| Some(**id) != except && session.is_active(now))
+        .map(|(id, _)| *id)
+        .collect()
+}
+
+/// Returns the revocation event, or nothing when there is no session to end.
+fn revoke(session_ids: Vec<Uuid>, reason: &str) -> Option<(EventTarget, DomainEvent)> {
+    if session_ids.is_empty() {
+        return None;
+    }
+    Some((
+        EventTarget::Account,
+        DomainEvent::SessionsRevoked(SessionsRevoked {
+            session_ids,
+            reason: reason.to_owned(),
+        }),
+    ))
 }
 
 fn require_version(account: &AccountState, expected: Option<u64>) -> Result<(), Rejection> {
@@ -209,7 +286,9 @@ pub fn account_of(command: &Command) -> Uuid {
     match command {
         Command::RegisterAccount { account_id, .. }
         | Command::UpdateProfile { account_id, .. }
-        | Command::StartSession { account_id, .. } => *account_id,
+        | Command::StartSession { account_id, .. }
+        | Command::RevokeSessions { account_id, .. }
+        | Command::ChangePassword { account_id, .. } => *account_id,
     }
 }
 
@@ -449,5 +528,128 @@ mod tests {
             now()
         )
         .is_ok());
+    }
+
+    fn session_started(session_id: Uuid, expires_at: DateTime<Utc>) -> DomainEvent {
+        DomainEvent::SessionStarted(SessionStarted {
+            session_id,
+            token_sha256: "00".into(),
+            expires_at,
+            user_agent: None,
+            ip: None,
+            method: "password".into(),
+        })
+    }
+
+    fn revoke_command(scope: RevokeScope, current_session: Uuid) -> Command {
+        Command::RevokeSessions {
+            account_id: Uuid::nil(),
+            scope,
+            current_session,
+        }
+    }
+
+    #[test]
+    fn revoke_all_ends_every_active_session() {
+        let (a, b, expired) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let later = now() + chrono::Duration::hours(1);
+        let state = given(&[
+            registered(),
+            session_started(a, later),
+            session_started(b, later),
+            session_started(expired, now()),
+        ]);
+        let events = decide(
+            Target::Account(&state),
+            &revoke_command(RevokeScope::All, a),
+            None,
+            now(),
+        )
+        .unwrap();
+        let [(_, DomainEvent::SessionsRevoked(revoked))] = events.as_slice() else {
+            panic!("unexpected events {events:?}");
+        };
+        assert_eq!(revoked.session_ids, vec![a, b]);
+        assert_eq!(revoked.reason, "revoke_all");
+    }
+
+    #[test]
+    fn revoking_an_ended_session_is_not_found() {
+        let a = Uuid::now_v7();
+        let later = now() + chrono::Duration::hours(1);
+        let mut state = given(&[registered(), session_started(a, later)]);
+        let scope = RevokeScope::One { session_id: a };
+        let events = decide(
+            Target::Account(&state),
+            &revoke_command(scope, a),
+            None,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(events.len(), 1);
+
+        state.sessions.get_mut(&a).unwrap().revoked_at = Some(now());
+        assert_eq!(
+            decide(
+                Target::Account(&state),
+                &revoke_command(scope, a),
+                None,
+                now()
+            ),
+            Err(Rejection::SessionNotFound)
+        );
+        let unknown = RevokeScope::One {
+            session_id: Uuid::now_v7(),
+        };
+        assert_eq!(
+            decide(
+                Target::Account(&state),
+                &revoke_command(unknown, a),
+                None,
+                now()
+            ),
+            Err(Rejection::SessionNotFound)
+        );
+    }
+
+    #[test]
+    fn password_change_keeps_only_current_session() {
+        let (current, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let later = now() + chrono::Duration::hours(1);
+        let state = given(&[
+            registered(),
+            session_started(current, later),
+            session_started(other, later),
+        ]);
+        let command = Command::ChangePassword {
+            account_id: Uuid::nil(),
+            password_hash: "$argon2id$new".into(),
+            credential_version: 1,
+            current_session: current,
+        };
+        let events = decide(Target::Account(&state), &command, None, now()).unwrap();
+        let [(_, DomainEvent::PasswordChanged(changed)), (_, DomainEvent::SessionsRevoked(revoked))] =
+            events.as_slice()
+        else {
+            panic!("unexpected events {events:?}");
+        };
+        assert_eq!(changed.credential_version, 2);
+        assert_eq!(revoked.session_ids, vec![other]);
+        assert_eq!(revoked.reason, "password_changed");
+    }
+
+    #[test]
+    fn password_change_on_stale_credentials_is_rejected() {
+        let state = given(&[registered()]);
+        let command = Command::ChangePassword {
+            account_id: Uuid::nil(),
+            password_hash: "$argon2id$new".into(),
+            credential_version: 0,
+            current_session: Uuid::now_v7(),
+        };
+        assert_eq!(
+            decide(Target::Account(&state), &command, None, now()),
+            Err(Rejection::CredentialsChanged)
+        );
     }
 }

@@ -76,6 +76,28 @@ pub enum Command {
         ip: Option<String>,
         credential_version: u64,
     },
+    /// Ends sessions of the account. `current_session` is the caller's own.
+    RevokeSessions {
+        account_id: Uuid,
+        scope: RevokeScope,
+        current_session: Uuid,
+    },
+    /// Replaces the password after the current one was verified against
+    /// `credential_version`, and ends every session but `current_session`.
+    ChangePassword {
+        account_id: Uuid,
+        password_hash: String,
+        credential_version: u64,
+        current_session: Uuid,
+    },
+}
+
+/// Which sessions a revocation ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RevokeScope {
+    One { session_id: Uuid },
+    All,
 }
 
 impl Command {
@@ -85,6 +107,8 @@ impl Command {
             Self::RegisterAccount { .. } => "register_account",
             Self::UpdateProfile { .. } => "update_profile",
             Self::StartSession { .. } => "start_session",
+            Self::RevokeSessions { .. } => "revoke_sessions",
+            Self::ChangePassword { .. } => "change_password",
         }
     }
 }

@@ -14,6 +14,8 @@ pub enum DomainEvent {
     AccountRegistered(AccountRegistered),
     ProfileUpdated(ProfileUpdated),
     SessionStarted(SessionStarted),
+    SessionsRevoked(SessionsRevoked),
+    PasswordChanged(PasswordChanged),
     EmailClaimed(EmailClaimed),
 }
 
@@ -78,6 +80,33 @@ impl std::fmt::Debug for SessionStarted {
     }
 }
 
+/// Sessions were ended: signed out, revoked one by one or all at once, or revoked because
+/// the password changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsRevoked {
+    pub session_ids: Vec<Uuid>,
+    /// `sign_out`, `revoked`, `revoke_all` or `password_changed`.
+    pub reason: String,
+}
+
+/// The password was replaced. It is present only as an argon2id PHC string.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChanged {
+    pub password_hash: String,
+    /// The credential version after the change.
+    pub credential_version: u64,
+}
+
+impl std::fmt::Debug for PasswordChanged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordChanged")
+            .field("credential_version", &self.credential_version)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An email address was claimed by an account, making it unavailable to others.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,6 +132,8 @@ impl DomainEvent {
     pub const ACCOUNT_REGISTERED: &'static str = "accounts.AccountRegistered";
     pub const PROFILE_UPDATED: &'static str = "accounts.ProfileUpdated";
     pub const SESSION_STARTED: &'static str = "accounts.SessionStarted";
+    pub const SESSIONS_REVOKED: &'static str = "accounts.SessionsRevoked";
+    pub const PASSWORD_CHANGED: &'static str = "accounts.PasswordChanged";
     pub const EMAIL_CLAIMED: &'static str = "accounts.EmailClaimed";
 
     /// Returns the CloudEvents `type` of this event.
@@ -111,6 +142,8 @@ impl DomainEvent {
             Self::AccountRegistered(_) => Self::ACCOUNT_REGISTERED,
             Self::ProfileUpdated(_) => Self::PROFILE_UPDATED,
             Self::SessionStarted(_) => Self::SESSION_STARTED,
+            Self::SessionsRevoked(_) => Self::SESSIONS_REVOKED,
+            Self::PasswordChanged(_) => Self::PASSWORD_CHANGED,
             Self::EmailClaimed(_) => Self::EMAIL_CLAIMED,
         }
     }
@@ -127,6 +160,8 @@ impl DomainEvent {
             Self::ACCOUNT_REGISTERED
                 | Self::PROFILE_UPDATED
                 | Self::SESSION_STARTED
+                | Self::SESSIONS_REVOKED
+                | Self::PASSWORD_CHANGED
                 | Self::EMAIL_CLAIMED
         )
     }
@@ -137,6 +172,8 @@ impl DomainEvent {
             Self::AccountRegistered(payload) => serde_json::to_value(payload),
             Self::ProfileUpdated(payload) => serde_json::to_value(payload),
             Self::SessionStarted(payload) => serde_json::to_value(payload),
+            Self::SessionsRevoked(payload) => serde_json::to_value(payload),
+            Self::PasswordChanged(payload) => serde_json::to_value(payload),
             Self::EmailClaimed(payload) => serde_json::to_value(payload),
         }
     }
@@ -170,6 +207,12 @@ impl DomainEvent {
             }
             Self::SESSION_STARTED => {
                 Self::SessionStarted(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::SESSIONS_REVOKED => {
+                Self::SessionsRevoked(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::PASSWORD_CHANGED => {
+                Self::PasswordChanged(serde_json::from_value(data).map_err(invalid)?)
             }
             Self::EMAIL_CLAIMED => {
                 Self::EmailClaimed(serde_json::from_value(data).map_err(invalid)?)

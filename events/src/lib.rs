@@ -14,7 +14,10 @@ pub mod topics;
 pub use envelope::{
     Actor, ActorKind, DecodeError, Decoded, EventMeta, RecordedEvent, CONTENT_TYPE,
 };
-pub use event::{AccountRegistered, DomainEvent, EmailClaimed, ProfileUpdated, SessionStarted};
+pub use event::{
+    AccountRegistered, DomainEvent, EmailClaimed, PasswordChanged, ProfileUpdated, SessionStarted,
+    SessionsRevoked,
+};
 pub use industry::INDUSTRIES;
 pub use state::{AccountState, EmailClaimState, SessionState};
 pub use topics::{partition_for, AggregateId, Topics, DEFAULT_PARTITIONS};

@@ -27,6 +27,7 @@ pub struct AccountState {
     /// outside the decider against one credential version, and the decider rejects their
     /// result when the version moved meanwhile.
     pub credential_version: u64,
+    pub password_changed_at: Option<DateTime<Utc>>,
     pub sessions: BTreeMap<Uuid, SessionState>,
     pub registered_at: Option<DateTime<Utc>>,
     pub updated_at: Option<DateTime<Utc>>,
@@ -39,6 +40,14 @@ pub struct AccountState {
 pub struct SessionState {
     pub started_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl SessionState {
+    /// Returns true when the session is neither revoked nor expired at `now`.
+    pub fn is_active(&self, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none() && self.expires_at > now
+    }
 }
 
 /// The claim on one normalised email address.
@@ -79,8 +88,21 @@ impl AccountState {
                     SessionState {
                         started_at: time,
                         expires_at: session.expires_at,
+                        revoked_at: None,
                     },
                 );
+            }
+            DomainEvent::SessionsRevoked(revoked) => {
+                for session_id in &revoked.session_ids {
+                    if let Some(session) = self.sessions.get_mut(session_id) {
+                        session.revoked_at = Some(time);
+                    }
+                }
+            }
+            DomainEvent::PasswordChanged(changed) => {
+                self.password_hash = changed.password_hash.clone();
+                self.credential_version = changed.credential_version;
+                self.password_changed_at = Some(time);
             }
             DomainEvent::EmailClaimed(_) => {}
         }
