@@ -167,6 +167,10 @@ impl DisplayName {
             .ok_or_else(|| field_error(field, "required", "enter a name"))
     }
 
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
     pub fn into_inner(self) -> String {
         self.0
     }
@@ -274,9 +278,26 @@ type PasswordRule = (fn(char) -> bool, &'static str, &'static str);
 /// A new password that meets the policy. Wrapped so that it never reaches a log.
 pub struct NewPassword(SecretString);
 
+/// What a new password must not contain: the account's email address and name.
+#[derive(Default)]
+pub struct PasswordContext<'a> {
+    pub email: Option<&'a EmailAddress>,
+    pub name: Option<&'a str>,
+}
+
+/// Shortest email local part or name word that a password must not contain. Shorter ones,
+/// such as "al", appear in too many good passwords to reject them.
+const MIN_PERSONAL_TOKEN_CHARS: usize = 3;
+
 impl NewPassword {
-    /// Checks length and character classes; each failed rule has its own code.
-    pub fn parse(field: &str, input: &SecretString) -> Result<Self, FieldError> {
+    /// Checks the policy; each failed rule has its own code: length, character classes,
+    /// containing the email's local part or a word of the name, and a zxcvbn strength
+    /// estimate that rejects common and guessable passwords.
+    pub fn parse(
+        field: &str,
+        input: &SecretString,
+        context: &PasswordContext<'_>,
+    ) -> Result<Self, FieldError> {
         let password = input.expose_secret();
         let length = password.chars().count();
         if length < MIN_PASSWORD_CHARS {
@@ -319,6 +340,45 @@ impl NewPassword {
             if !password.chars().any(present) {
                 return Err(field_error(field, code, message));
             }
+        }
+        let lowered = password.to_lowercase();
+        let local_part = context
+            .email
+            .and_then(|email| email.normalized().split('@').next())
+            .filter(|local| local.chars().count() >= MIN_PERSONAL_TOKEN_CHARS);
+        if local_part.is_some_and(|local| lowered.contains(local)) {
+            return Err(field_error(
+                field,
+                "password_contains_email",
+                "do not use your email address in the password",
+            ));
+        }
+        let name_words: Vec<String> = context
+            .name
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_lowercase)
+            .filter(|word| word.chars().count() >= MIN_PERSONAL_TOKEN_CHARS)
+            .collect();
+        if name_words
+            .iter()
+            .any(|word| lowered.contains(word.as_str()))
+        {
+            return Err(field_error(
+                field,
+                "password_contains_name",
+                "do not use your name in the password",
+            ));
+        }
+
+        let mut personal: Vec<&str> = name_words.iter().map(String::as_str).collect();
+        personal.extend(local_part);
+        if zxcvbn::zxcvbn(password, &personal).score() < zxcvbn::Score::Three {
+            return Err(field_error(
+                field,
+                "password_too_common",
+                "this password is common or easy to guess; use a longer phrase of unrelated words",
+            ));
         }
         Ok(Self(input.clone()))
     }
@@ -439,20 +499,32 @@ mod tests {
             ("No-Digits-Here", "password_missing_digit"),
             ("NoSpecial123", "password_missing_special"),
         ];
+        let email = EmailAddress::parse("email", "Zoe.Muller@example.com").unwrap();
+        let context = PasswordContext {
+            email: Some(&email),
+            name: Some("Zoë Müller"),
+        };
+        let cases = cases.into_iter().chain([
+            ("Xx-zoe.muller-42!", "password_contains_email"),
+            ("Müller-Quartz-77!", "password_contains_name"),
+            ("Password1!", "password_too_common"),
+        ]);
         for (password, code) in cases {
-            let error = NewPassword::parse("password", &SecretString::from(password))
+            let error = NewPassword::parse("password", &SecretString::from(password), &context)
                 .err()
                 .unwrap();
             assert_eq!(error.code, code, "{password}");
         }
-        assert!(NewPassword::parse("password", &SecretString::from("Correct-Horse-9")).is_ok());
+        assert!(NewPassword::parse(
+            "password",
+            &SecretString::from("Correct-Horse-9-battery"),
+            &context
+        )
+        .is_ok());
         let long = format!("Aa1!{}", "x".repeat(MAX_PASSWORD_CHARS));
-        assert_eq!(
-            NewPassword::parse("password", &SecretString::from(long))
-                .err()
-                .unwrap()
-                .code,
-            "password_too_long"
-        );
+        let error = NewPassword::parse("password", &SecretString::from(long), &context)
+            .err()
+            .unwrap();
+        assert_eq!(error.code, "password_too_long");
     }
 }

@@ -25,7 +25,9 @@ use uuid::Uuid;
 
 use crate::bus::{BusError, CommandBus};
 use crate::decider::Rejection;
-use crate::domain::{BusinessPhone, CompanyName, DisplayName, EmailAddress, Industry, NewPassword};
+use crate::domain::{
+    BusinessPhone, CompanyName, DisplayName, EmailAddress, Industry, NewPassword, PasswordContext,
+};
 use crate::password::PasswordHasherPool;
 use crate::wire::{Command, CommandEnvelope, FieldValue, Outcome, ProfileChanges};
 
@@ -85,7 +87,10 @@ pub fn routes(state: AppState) -> Router {
 
 /// Reads a JSON body. Returns 413 past [`MAX_BODY_BYTES`], 415 for another content type,
 /// and 400 naming the field for malformed JSON, unknown fields or wrong types.
-async fn read_json<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, Problem> {
+pub(crate) async fn read_json<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, Problem> {
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
         let content_type = content_type
             .to_str()
@@ -131,7 +136,7 @@ fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -150,7 +155,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
 
 /// Returns the command id: derived from the caller's scope, the command kind and the
 /// `Idempotency-Key` when one is given, else fresh.
-fn command_id(scope: &str, kind: &str, key: Option<&str>) -> Uuid {
+pub(crate) fn command_id(scope: &str, kind: &str, key: Option<&str>) -> Uuid {
     match key {
         Some(key) => Uuid::new_v5(
             &IDEMPOTENCY_NAMESPACE,
@@ -161,7 +166,7 @@ fn command_id(scope: &str, kind: &str, key: Option<&str>) -> Uuid {
 }
 
 /// Parses `If-Match: "<version>"` (weak tags and bare numbers too); `*` imposes nothing.
-fn expected_version(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
+pub(crate) fn expected_version(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
@@ -179,7 +184,12 @@ fn expected_version(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
     tag.parse().map(Some).map_err(|_| invalid())
 }
 
-fn actor(kind: ActorKind, id: Option<String>, address: SocketAddr, headers: &HeaderMap) -> Actor {
+pub(crate) fn actor(
+    kind: ActorKind,
+    id: Option<String>,
+    address: SocketAddr,
+    headers: &HeaderMap,
+) -> Actor {
     let user_agent = headers
         .get(header::USER_AGENT)
         .and_then(|value| value.to_str().ok())
@@ -195,15 +205,15 @@ fn actor(kind: ActorKind, id: Option<String>, address: SocketAddr, headers: &Hea
 // ---- Running a command -----------------------------------------------------------------
 
 /// A command's accepted result and whether the read models already show it.
-struct Executed {
-    account_id: Uuid,
-    version: u64,
-    position: Option<String>,
-    visible: bool,
+pub(crate) struct Executed {
+    pub(crate) account_id: Uuid,
+    pub(crate) version: u64,
+    pub(crate) position: Option<String>,
+    pub(crate) visible: bool,
 }
 
 impl AppState {
-    async fn execute(
+    pub(crate) async fn execute(
         &self,
         aggregate: AggregateId,
         command_id: Uuid,
@@ -280,13 +290,18 @@ fn rejection_problem(rejection: &Rejection, command_id: Uuid) -> Problem {
         Rejection::EmailTaken => Problem::new(StatusCode::CONFLICT, "email_taken", "an account with this email address already exists"),
         Rejection::AccountNotFound => Problem::new(StatusCode::NOT_FOUND, "account_not_found", "the account does not exist"),
         Rejection::CredentialsChanged => invalid_credentials(),
+        Rejection::SessionNotFound => Problem::new(
+            StatusCode::NOT_FOUND,
+            "session_not_found",
+            "no active session of this account has that id; list them with GET /v1/sessions",
+        ),
         Rejection::SessionAlreadyExpired | Rejection::Misaddressed => {
             internal_error(&anyhow::anyhow!("command {command_id} rejected by the decider: {rejection}"))
         }
     }
 }
 
-fn invalid_credentials() -> Problem {
+pub(crate) fn invalid_credentials() -> Problem {
     Problem::new(
         StatusCode::UNAUTHORIZED,
         "invalid_credentials",
@@ -303,14 +318,14 @@ pub struct CommandResponse {
     pub position: Option<String>,
 }
 
-fn with_etag(mut response: Response, version: u64) -> Response {
+pub(crate) fn with_etag(mut response: Response, version: u64) -> Response {
     if let Ok(value) = HeaderValue::from_str(&format!("\"{version}\"")) {
         response.headers_mut().insert(header::ETAG, value);
     }
     response
 }
 
-fn accepted_status(executed: &Executed, done: StatusCode) -> StatusCode {
+pub(crate) fn accepted_status(executed: &Executed, done: StatusCode) -> StatusCode {
     if executed.visible {
         done
     } else {
@@ -361,7 +376,11 @@ pub async fn register(
     let name = DisplayName::parse("name", &request.name)
         .map_err(|error| errors.push(error))
         .ok();
-    let password = NewPassword::parse("password", &request.password)
+    let context = PasswordContext {
+        email: email.as_ref(),
+        name: name.as_ref().map(DisplayName::as_str),
+    };
+    let password = NewPassword::parse("password", &request.password, &context)
         .map_err(|error| errors.push(error))
         .ok();
     let (Some(email), Some(name), Some(password)) = (email, name, password) else {
@@ -512,7 +531,7 @@ pub async fn sign_in(
 }
 
 /// Returns 32 random bytes from the operating system, base64url-encoded without padding.
-fn new_token() -> String {
+pub(crate) fn new_token() -> String {
     let mut bytes = [0_u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
@@ -714,6 +733,7 @@ mod tests {
             rejection_problem(&Rejection::EmailTaken, Uuid::nil()),
             rejection_problem(&Rejection::AccountNotFound, Uuid::nil()),
             rejection_problem(&Rejection::CredentialsChanged, Uuid::nil()),
+            rejection_problem(&Rejection::SessionNotFound, Uuid::nil()),
         ];
         let mut codes: Vec<&str> = problems
             .iter()

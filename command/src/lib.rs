@@ -7,6 +7,7 @@ pub mod domain;
 pub mod http;
 pub mod password;
 pub mod processor;
+pub mod security;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -95,8 +96,10 @@ pub async fn serve_api(
         visibility_timeout: Duration::from_millis(config.visibility_timeout_ms),
     };
     let mut openapi = CommandApi::openapi();
+    openapi.merge(security::SecurityApi::openapi());
     openapi.merge(HealthApi::openapi());
-    let app = http::routes(state)
+    let app = http::routes(state.clone())
+        .merge(security::routes(state))
         .merge(health_routes(Readiness::new(pool, &config.kafka)?, openapi))
         .route_layer(axum::middleware::from_fn(
             accounts_platform::http::track_requests,

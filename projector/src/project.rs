@@ -71,6 +71,34 @@ pub async fn apply(
             .await?;
             bump_version(connection, account_id, version).await?;
         }
+        DomainEvent::SessionsRevoked(revoked) => {
+            let account_id = account_id(&meta.subject)?;
+            sqlx::query(
+                "UPDATE sessions SET revoked_at = $3 \
+                 WHERE account_id = $1 AND session_id = ANY($2) AND revoked_at IS NULL",
+            )
+            .bind(account_id)
+            .bind(&revoked.session_ids)
+            .bind(meta.time)
+            .execute(&mut *connection)
+            .await?;
+            bump_version(connection, account_id, version).await?;
+        }
+        DomainEvent::PasswordChanged(changed) => {
+            let account_id = account_id(&meta.subject)?;
+            sqlx::query(
+                "UPDATE credentials SET password_hash = $2, credential_version = $3, \
+                 password_changed_at = $4, version = $5 WHERE account_id = $1 AND version < $5",
+            )
+            .bind(account_id)
+            .bind(&changed.password_hash)
+            .bind(i64::try_from(changed.credential_version).unwrap_or(i64::MAX))
+            .bind(meta.time)
+            .bind(version)
+            .execute(&mut *connection)
+            .await?;
+            bump_version(connection, account_id, version).await?;
+        }
         DomainEvent::EmailClaimed(_) => {}
     }
     Ok(())

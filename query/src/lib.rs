@@ -47,8 +47,8 @@ struct AppState {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "accounts-query", description = "Account settings: reads."),
-    paths(get_profile, list_industries),
-    components(schemas(Profile, IndustryOption, ProblemDetails, FieldError))
+    paths(get_profile, list_industries, list_sessions),
+    components(schemas(Profile, IndustryOption, SessionView, ProblemDetails, FieldError))
 )]
 struct QueryApi;
 
@@ -67,6 +67,7 @@ pub async fn serve_api(
     let app = Router::new()
         .route("/v1/profile", get(get_profile))
         .route("/v1/industries", get(list_industries))
+        .route("/v1/sessions", get(list_sessions))
         .with_state(state)
         .merge(health_routes(Readiness::new(pool, &config.kafka)?, openapi))
         .route_layer(axum::middleware::from_fn(
@@ -207,4 +208,49 @@ async fn list_industries() -> Json<Vec<IndustryOption>> {
             .map(|(id, label)| IndustryOption { id, label })
             .collect(),
     )
+}
+
+/// An active session of the signed-in account.
+#[derive(Serialize, ToSchema, sqlx::FromRow)]
+pub struct SessionView {
+    pub session_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+    /// True for the session that made this request.
+    #[sqlx(default)]
+    pub current: bool,
+}
+
+/// Lists the signed-in account's active sessions, newest first.
+#[utoipa::path(get, path = "/v1/sessions", tag = "sessions", params(
+    ("X-Min-Position" = Option<String>, Header, description = "wait up to 2 s until the read models include this position"),
+), responses(
+    (status = 200, body = Vec<SessionView>), (status = 401, body = ProblemDetails), (status = 503, body = ProblemDetails),
+), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(account_id = tracing::field::Empty))]
+async fn list_sessions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<SessionView>>, Problem> {
+    await_min_position(&state.progress, &headers).await?;
+    let caller = authenticate(&state.pool, &headers).await?;
+    tracing::Span::current().record("account_id", tracing::field::display(caller.account_id));
+
+    let mut sessions: Vec<SessionView> = sqlx::query_as(
+        "SELECT session_id, created_at, expires_at, user_agent, ip FROM sessions \
+         WHERE account_id = $1 AND revoked_at IS NULL AND expires_at > now() \
+         ORDER BY created_at DESC, session_id",
+    )
+    .bind(caller.account_id)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|error| {
+        internal_error(&anyhow::Error::new(error).context("failed to list sessions"))
+    })?;
+    for session in &mut sessions {
+        session.current = session.session_id == caller.session_id;
+    }
+    Ok(Json(sessions))
 }

@@ -6,5 +6,6 @@ mod failover;
 mod fencing;
 mod helpers;
 mod projector;
+mod security;
 mod slice;
 mod validation;

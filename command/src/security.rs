@@ -1,0 +1,272 @@
+//! Security settings: signing out, revoking sessions and changing the password.
+
+use std::net::SocketAddr;
+
+use accounts_events::{ActorKind, AggregateId};
+use accounts_platform::auth::{authenticate, Authenticated};
+use accounts_platform::problem::internal_error;
+use accounts_platform::{FieldError, Problem, ProblemDetails};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post, put};
+use axum::{Json, Router};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use utoipa::{OpenApi, ToSchema};
+use uuid::Uuid;
+
+use crate::domain::{EmailAddress, NewPassword, PasswordContext};
+use crate::http::{
+    accepted_status, actor, command_id, expected_version, idempotency_key, read_json, with_etag,
+    AppState, CommandResponse, Executed,
+};
+use crate::wire::{Command, RevokeScope};
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(sign_out, revoke_session, revoke_all_sessions, change_password),
+    components(schemas(ChangePasswordRequest))
+)]
+pub struct SecurityApi;
+
+/// Returns the routes of this module.
+pub fn routes(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/sessions/current", delete(sign_out))
+        .route("/v1/sessions/revoke-all", post(revoke_all_sessions))
+        .route("/v1/sessions/{session_id}", delete(revoke_session))
+        .route("/v1/password", put(change_password))
+        .with_state(state)
+}
+
+async fn revoke(
+    state: &AppState,
+    caller: Authenticated,
+    scope: RevokeScope,
+    address: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<Executed, Problem> {
+    let account_id = caller.account_id;
+    let command = Command::RevokeSessions {
+        account_id,
+        scope,
+        current_session: caller.session_id,
+    };
+    let actor = actor(
+        ActorKind::Account,
+        Some(account_id.to_string()),
+        address,
+        headers,
+    );
+    state
+        .execute(
+            AggregateId::Account(account_id),
+            Uuid::now_v7(),
+            None,
+            actor,
+            command,
+        )
+        .await
+}
+
+/// Ends the caller's session.
+#[utoipa::path(delete, path = "/v1/sessions/current", tag = "sessions", responses(
+    (status = 204, description = "signed out"), (status = 401, body = ProblemDetails),
+), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(account_id = tracing::field::Empty))]
+pub async fn sign_out(
+    State(state): State<AppState>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let caller = authenticate(&state.pool, &headers).await?;
+    tracing::Span::current().record("account_id", tracing::field::display(caller.account_id));
+    let scope = RevokeScope::One {
+        session_id: caller.session_id,
+    };
+    let executed = revoke(&state, caller, scope, address, &headers).await?;
+    Ok(no_content(&executed))
+}
+
+/// Ends one session of the caller's account.
+#[utoipa::path(delete, path = "/v1/sessions/{session_id}", tag = "sessions", params(("session_id" = Uuid, Path)), responses(
+    (status = 204, description = "the session is revoked"), (status = 400, body = ProblemDetails),
+    (status = 401, body = ProblemDetails), (status = 404, body = ProblemDetails, description = "session_not_found"),
+), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(account_id = tracing::field::Empty))]
+pub async fn revoke_session(
+    State(state): State<AppState>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    Path(session_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let caller = authenticate(&state.pool, &headers).await?;
+    tracing::Span::current().record("account_id", tracing::field::display(caller.account_id));
+    let session_id = Uuid::parse_str(&session_id)
+        .map_err(|_| Problem::malformed("session_id", "use a session id from GET /v1/sessions"))?;
+    let executed = revoke(
+        &state,
+        caller,
+        RevokeScope::One { session_id },
+        address,
+        &headers,
+    )
+    .await?;
+    Ok(no_content(&executed))
+}
+
+/// Ends every session of the caller's account, the caller's own included.
+#[utoipa::path(post, path = "/v1/sessions/revoke-all", tag = "sessions", responses(
+    (status = 200, body = CommandResponse), (status = 401, body = ProblemDetails),
+), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(account_id = tracing::field::Empty))]
+pub async fn revoke_all_sessions(
+    State(state): State<AppState>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let caller = authenticate(&state.pool, &headers).await?;
+    tracing::Span::current().record("account_id", tracing::field::display(caller.account_id));
+    let executed = revoke(&state, caller, RevokeScope::All, address, &headers).await?;
+    let body = CommandResponse {
+        version: executed.version,
+        position: executed.position.clone(),
+    };
+    Ok(with_etag(
+        (accepted_status(&executed, StatusCode::OK), Json(body)).into_response(),
+        executed.version,
+    ))
+}
+
+/// Returns 204 once the read models show the revocation, else 202.
+fn no_content(executed: &Executed) -> Response {
+    accepted_status(executed, StatusCode::NO_CONTENT).into_response()
+}
+
+/// Body of `PUT /v1/password`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePasswordRequest {
+    #[schema(value_type = String, format = Password)]
+    pub current_password: SecretString,
+    #[schema(value_type = String, format = Password)]
+    pub new_password: SecretString,
+    #[schema(value_type = String, format = Password)]
+    pub confirm_password: SecretString,
+}
+
+#[derive(sqlx::FromRow)]
+struct CredentialRow {
+    password_hash: String,
+    credential_version: i64,
+    email: String,
+    name: String,
+}
+
+/// Replaces the password and ends every other session of the account.
+#[utoipa::path(put, path = "/v1/password", tag = "security", request_body = ChangePasswordRequest, responses(
+    (status = 200, body = CommandResponse), (status = 400, body = ProblemDetails), (status = 401, body = ProblemDetails),
+    (status = 403, body = ProblemDetails, description = "invalid_current_password"),
+    (status = 422, body = ProblemDetails, description = "password_mismatch or a policy code"),
+), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(account_id = tracing::field::Empty))]
+pub async fn change_password(
+    State(state): State<AppState>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let caller = authenticate(&state.pool, &headers).await?;
+    let account_id = caller.account_id;
+    tracing::Span::current().record("account_id", tracing::field::display(account_id));
+    let request: ChangePasswordRequest = read_json(&headers, body).await?;
+    let expected = expected_version(&headers)?;
+    let key = idempotency_key(&headers)?;
+
+    let row: CredentialRow = sqlx::query_as(
+        "SELECT c.password_hash, c.credential_version, a.email, a.name \
+         FROM credentials c JOIN accounts a USING (account_id) WHERE c.account_id = $1",
+    )
+    .bind(account_id)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(|error| {
+        internal_error(&anyhow::Error::new(error).context("failed to load credentials"))
+    })?
+    .ok_or_else(Problem::unauthorized)?;
+
+    if request.new_password.expose_secret() != request.confirm_password.expose_secret() {
+        return Err(Problem::validation(vec![FieldError {
+            field: "confirm_password".into(),
+            code: "password_mismatch".into(),
+            message: "the confirmation does not match the new password".into(),
+        }]));
+    }
+    let email = EmailAddress::parse("email", &row.email).ok();
+    let context = PasswordContext {
+        email: email.as_ref(),
+        name: Some(&row.name),
+    };
+    let new_password = NewPassword::parse("new_password", &request.new_password, &context)
+        .map_err(|error| Problem::validation(vec![error]))?;
+
+    let verified = state
+        .hasher
+        .verify(request.current_password, Some(row.password_hash))
+        .await
+        .map_err(|error| internal_error(&error))?;
+    if !verified {
+        return Err(invalid_current_password());
+    }
+    let password_hash = state
+        .hasher
+        .hash(new_password.secret().clone())
+        .await
+        .map_err(|error| internal_error(&error))?;
+
+    let command = Command::ChangePassword {
+        account_id,
+        password_hash,
+        credential_version: u64::try_from(row.credential_version).unwrap_or_default(),
+        current_session: caller.session_id,
+    };
+    let id = command_id(&account_id.to_string(), "change_password", key.as_deref());
+    let actor = actor(
+        ActorKind::Account,
+        Some(account_id.to_string()),
+        address,
+        &headers,
+    );
+    let executed = state
+        .execute(
+            AggregateId::Account(account_id),
+            id,
+            expected,
+            actor,
+            command,
+        )
+        .await
+        .map_err(|problem| match problem.code.as_str() {
+            // The password changed after the current one was checked.
+            "invalid_credentials" => invalid_current_password(),
+            _ => problem,
+        })?;
+    let body = CommandResponse {
+        version: executed.version,
+        position: executed.position.clone(),
+    };
+    Ok(with_etag(
+        (accepted_status(&executed, StatusCode::OK), Json(body)).into_response(),
+        executed.version,
+    ))
+}
+
+fn invalid_current_password() -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "invalid_current_password",
+        "the current password is wrong",
+    )
+}
