@@ -47,6 +47,7 @@ pub struct AppState {
     pub pool: PgPool,
     pub progress: ProjectionProgress,
     pub hasher: PasswordHasherPool,
+    pub sign_in_limits: crate::ratelimit::SignInLimits,
     pub partitions: i32,
     pub session_ttl: chrono::Duration,
     /// How long a response waits for the read models to include a command's events.
@@ -462,6 +463,7 @@ const MAX_SIGN_IN_PASSWORD_BYTES: usize = 1024;
 #[utoipa::path(post, path = "/v1/sessions", tag = "sessions", request_body = SignInRequest, responses(
     (status = 201, body = SessionResponse),
     (status = 400, body = ProblemDetails), (status = 401, body = ProblemDetails, description = "invalid_credentials"), (status = 422, body = ProblemDetails),
+    (status = 429, body = ProblemDetails, description = "rate_limited, with Retry-After"),
 ))]
 #[tracing::instrument(skip_all, fields(account_id = tracing::field::Empty))]
 pub async fn sign_in(
@@ -473,6 +475,9 @@ pub async fn sign_in(
     let request: SignInRequest = read_json(&headers, body).await?;
     let email = EmailAddress::parse("email", &request.email)
         .map_err(|error| Problem::validation(vec![error]))?;
+    state
+        .sign_in_limits
+        .check(address.ip(), email.normalized())?;
     if request.password.expose_secret().len() > MAX_SIGN_IN_PASSWORD_BYTES {
         return Err(invalid_credentials());
     }

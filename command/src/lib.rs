@@ -7,6 +7,7 @@ pub mod domain;
 pub mod http;
 pub mod password;
 pub mod processor;
+pub mod ratelimit;
 pub mod security;
 pub mod wire;
 
@@ -35,6 +36,8 @@ pub struct ServeConfig {
     pub database: DatabaseConfig,
     #[command(flatten)]
     pub hashing: HashingConfig,
+    #[command(flatten)]
+    pub rate_limits: ratelimit::RateLimitConfig,
     /// Address the HTTP API listens on.
     #[arg(long, env = "COMMAND_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
@@ -90,6 +93,7 @@ pub async fn serve_api(
         .await?,
         progress: ProjectionProgress::start(pool.clone(), topics.events).await?,
         hasher: PasswordHasherPool::new(&config.hashing)?,
+        sign_in_limits: ratelimit::SignInLimits::start(&config.rate_limits),
         pool: pool.clone(),
         partitions: config.kafka.partitions,
         session_ttl: chrono::Duration::hours(config.session_ttl_hours),

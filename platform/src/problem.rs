@@ -127,6 +127,12 @@ impl Problem {
         problem
     }
 
+    /// Sets the `Retry-After` header, in seconds.
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.0.retry_after = Some(seconds);
+        self
+    }
+
     /// Adds a member to the body.
     pub fn with_extension(mut self, name: &str, value: serde_json::Value) -> Self {
         self.0.extensions.insert(name.to_owned(), value);

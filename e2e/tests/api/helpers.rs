@@ -114,6 +114,10 @@ async fn spawn_app_with(decider_count: usize) -> anyhow::Result<TestApp> {
             parallelism: 1,
             max_concurrent: 2,
         },
+        rate_limits: accounts_command::ratelimit::RateLimitConfig {
+            sign_in_per_ip: 100,
+            sign_in_per_account: 5,
+        },
         addr: "127.0.0.1:0".parse()?,
         decider_workers: 0,
         session_ttl_hours: 24,

@@ -211,3 +211,32 @@ async fn sessions_are_listed_and_revoked_one_by_one() {
     );
     assert_eq!(profile_status(&app, &a).await, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_sign_in_is_rate_limited() {
+    let app = spawn_app(1).await;
+    let user = app.new_user().await;
+
+    // The test stack allows 5 attempts per account per minute; new_user used one.
+    for attempt in 0..4 {
+        let response = app.sign_in(&user.email, "Wrong-Password-1").await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "attempt {attempt}"
+        );
+    }
+    let limited = app.sign_in(&user.email, PASSWORD).await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let problem: Value = limited.json().await.unwrap();
+    assert_eq!(problem["code"], "rate_limited");
+
+    let other = app.new_user().await;
+    assert_eq!(profile_status(&app, &other).await, StatusCode::OK);
+}
