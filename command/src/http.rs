@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use accounts_events::{Actor, ActorKind, AggregateId};
-use accounts_platform::auth::{authenticate, hash_token};
+use accounts_platform::auth::hash_token;
 use accounts_platform::problem::internal_error;
 use accounts_platform::{FieldError, Position, Problem, ProblemDetails, ProjectionProgress};
 use axum::body::{Body, Bytes};
@@ -45,6 +45,7 @@ const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_3c2e_9b4d_4e8a_a5c1_2
 pub struct AppState {
     pub bus: CommandBus,
     pub pool: PgPool,
+    pub auth: accounts_platform::SessionAuth,
     pub progress: ProjectionProgress,
     pub hasher: PasswordHasherPool,
     pub sign_in_limits: crate::ratelimit::SignInLimits,
@@ -648,7 +649,7 @@ pub async fn update_profile(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let caller = authenticate(&state.pool, &headers).await?;
+    let caller = state.auth.authenticate(&headers).await?;
     tracing::Span::current().record("account_id", tracing::field::display(caller.account_id));
     let patch: ProfilePatch = read_json(&headers, body).await?;
     let changes = patch.parse()?;

@@ -38,6 +38,8 @@ pub struct ServeConfig {
     pub hashing: HashingConfig,
     #[command(flatten)]
     pub rate_limits: ratelimit::RateLimitConfig,
+    #[command(flatten)]
+    pub sessions: accounts_platform::SessionConfig,
     /// Address the HTTP API listens on.
     #[arg(long, env = "COMMAND_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
@@ -94,6 +96,7 @@ pub async fn serve_api(
         progress: ProjectionProgress::start(pool.clone(), topics.events).await?,
         hasher: PasswordHasherPool::new(&config.hashing)?,
         sign_in_limits: ratelimit::SignInLimits::start(&config.rate_limits),
+        auth: accounts_platform::SessionAuth::new(pool.clone(), &config.sessions),
         pool: pool.clone(),
         partitions: config.kafka.partitions,
         session_ttl: chrono::Duration::hours(config.session_ttl_hours),

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use accounts_events::{ActorKind, AggregateId};
-use accounts_platform::auth::{authenticate, Authenticated};
+use accounts_platform::auth::Authenticated;
 use accounts_platform::problem::internal_error;
 use accounts_platform::{FieldError, Problem, ProblemDetails};
 use axum::body::Body;
@@ -81,7 +81,7 @@ pub async fn sign_out(
     ConnectInfo(address): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let caller = authenticate(&state.pool, &headers).await?;
+    let caller = state.auth.authenticate(&headers).await?;
     tracing::Span::current().record("account_id", tracing::field::display(caller.account_id));
     let scope = RevokeScope::One {
         session_id: caller.session_id,
@@ -102,7 +102,7 @@ pub async fn revoke_session(
     Path(session_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let caller = authenticate(&state.pool, &headers).await?;
+    let caller = state.auth.authenticate(&headers).await?;
     tracing::Span::current().record("account_id", tracing::field::display(caller.account_id));
     let session_id = Uuid::parse_str(&session_id)
         .map_err(|_| Problem::malformed("session_id", "use a session id from GET /v1/sessions"))?;
@@ -127,7 +127,7 @@ pub async fn revoke_all_sessions(
     ConnectInfo(address): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let caller = authenticate(&state.pool, &headers).await?;
+    let caller = state.auth.authenticate(&headers).await?;
     tracing::Span::current().record("account_id", tracing::field::display(caller.account_id));
     let executed = revoke(&state, caller, RevokeScope::All, address, &headers).await?;
     let body = CommandResponse {
@@ -178,7 +178,7 @@ pub async fn change_password(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let caller = authenticate(&state.pool, &headers).await?;
+    let caller = state.auth.authenticate(&headers).await?;
     let account_id = caller.account_id;
     tracing::Span::current().record("account_id", tracing::field::display(account_id));
     let request: ChangePasswordRequest = read_json(&headers, body).await?;

@@ -27,30 +27,86 @@ pub fn hash_token(token: &str) -> String {
 /// Longest accepted `Authorization` token; real ones are 43 characters.
 const MAX_TOKEN_LENGTH: usize = 256;
 
-/// Resolves the `Authorization: Bearer` header to an active session.
-pub async fn authenticate(pool: &PgPool, headers: &HeaderMap) -> Result<Authenticated, Problem> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|token| !token.is_empty() && token.len() <= MAX_TOKEN_LENGTH)
-        .ok_or_else(Problem::unauthorized)?;
+/// Session settings shared by the command and query services.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SessionConfig {
+    /// Minutes without a request after which a session ends.
+    #[arg(
+        long = "session-idle-minutes",
+        env = "SESSION_IDLE_MINUTES",
+        default_value_t = 60
+    )]
+    pub idle_minutes: u32,
+}
 
-    let row: Option<(Uuid, Uuid)> = sqlx::query_as(
-        "SELECT account_id, session_id FROM sessions \
-         WHERE token_sha256 = $1 AND revoked_at IS NULL AND expires_at > now()",
-    )
-    .bind(hash_token(token))
-    .fetch_optional(pool)
-    .await
-    .map_err(|error| {
-        internal_error(&anyhow::Error::new(error).context("failed to look up session"))
-    })?;
+/// Seconds between two writes of a session's last use.
+const ACTIVITY_WRITE_INTERVAL_SECONDS: f64 = 60.0;
 
-    let (account_id, session_id) = row.ok_or_else(Problem::unauthorized)?;
-    Ok(Authenticated {
-        account_id,
-        session_id,
-    })
+/// Resolves bearer tokens to active sessions.
+#[derive(Clone)]
+pub struct SessionAuth {
+    pool: PgPool,
+    idle_seconds: f64,
+}
+
+impl SessionAuth {
+    pub fn new(pool: PgPool, config: &SessionConfig) -> Self {
+        Self {
+            pool,
+            idle_seconds: f64::from(config.idle_minutes) * 60.0,
+        }
+    }
+
+    /// Resolves the `Authorization: Bearer` header to a session that is not revoked, not
+    /// expired and not idle for longer than the idle timeout, and records its use.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Authenticated, Problem> {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|token| !token.is_empty() && token.len() <= MAX_TOKEN_LENGTH)
+            .ok_or_else(Problem::unauthorized)?;
+
+        let row: Option<(Uuid, Uuid)> = sqlx::query_as(
+            "SELECT s.account_id, s.session_id FROM sessions s \
+             LEFT JOIN session_activity a USING (session_id) \
+             WHERE s.token_sha256 = $1 AND s.revoked_at IS NULL AND s.expires_at > now() \
+             AND COALESCE(a.last_seen_at, s.created_at) > now() - make_interval(secs => $2)",
+        )
+        .bind(hash_token(token))
+        .bind(self.idle_seconds)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|error| {
+            internal_error(&anyhow::Error::new(error).context("failed to look up session"))
+        })?;
+        let (account_id, session_id) = row.ok_or_else(Problem::unauthorized)?;
+
+        sqlx::query(
+            "INSERT INTO session_activity (session_id, last_seen_at) VALUES ($1, now()) \
+             ON CONFLICT (session_id) DO UPDATE SET last_seen_at = now() \
+             WHERE session_activity.last_seen_at < now() - make_interval(secs => $2)",
+        )
+        .bind(session_id)
+        .bind(ACTIVITY_WRITE_INTERVAL_SECONDS)
+        .execute(&self.pool)
+        .await
+        .map_err(|error| {
+            internal_error(
+                &anyhow::Error::new(error)
+                    .context(format!("failed to record use of session {session_id}")),
+            )
+        })?;
+
+        Ok(Authenticated {
+            account_id,
+            session_id,
+        })
+    }
+
+    /// Returns the idle timeout in seconds, for queries that list active sessions.
+    pub fn idle_seconds(&self) -> f64 {
+        self.idle_seconds
+    }
 }

@@ -9,7 +9,7 @@ pub mod problem;
 pub mod progress;
 pub mod telemetry;
 
-pub use auth::{hash_token, Authenticated};
+pub use auth::{hash_token, Authenticated, SessionAuth, SessionConfig};
 pub use config::{DatabaseConfig, KafkaConfig};
 pub use problem::{FieldError, Problem, ProblemDetails};
 pub use progress::{Position, ProjectionProgress};

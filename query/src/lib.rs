@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use accounts_events::INDUSTRIES;
-use accounts_platform::auth::authenticate;
 use accounts_platform::http::{health_routes, HealthApi, Readiness};
 use accounts_platform::problem::internal_error;
 use accounts_platform::{
@@ -36,11 +35,14 @@ pub struct ServeConfig {
     /// Address the HTTP API listens on.
     #[arg(long, env = "QUERY_ADDR", default_value = "127.0.0.1:8081")]
     pub addr: SocketAddr,
+    #[command(flatten)]
+    pub sessions: accounts_platform::SessionConfig,
 }
 
 #[derive(Clone)]
 struct AppState {
     pool: PgPool,
+    auth: accounts_platform::SessionAuth,
     progress: ProjectionProgress,
 }
 
@@ -60,6 +62,7 @@ pub async fn serve_api(
     let pool = accounts_platform::db::connect(&config.database).await?;
     let state = AppState {
         progress: ProjectionProgress::start(pool.clone(), config.kafka.topics().events).await?,
+        auth: accounts_platform::SessionAuth::new(pool.clone(), &config.sessions),
         pool: pool.clone(),
     };
     let mut openapi = QueryApi::openapi();
@@ -156,7 +159,7 @@ async fn get_profile(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     await_min_position(&state.progress, &headers).await?;
-    let caller = authenticate(&state.pool, &headers).await?;
+    let caller = state.auth.authenticate(&headers).await?;
     tracing::Span::current().record("account_id", tracing::field::display(caller.account_id));
 
     let row: Option<ProfileRow> = sqlx::query_as(
@@ -235,15 +238,18 @@ async fn list_sessions(
     headers: HeaderMap,
 ) -> Result<Json<Vec<SessionView>>, Problem> {
     await_min_position(&state.progress, &headers).await?;
-    let caller = authenticate(&state.pool, &headers).await?;
+    let caller = state.auth.authenticate(&headers).await?;
     tracing::Span::current().record("account_id", tracing::field::display(caller.account_id));
 
     let mut sessions: Vec<SessionView> = sqlx::query_as(
-        "SELECT session_id, created_at, expires_at, user_agent, ip FROM sessions \
-         WHERE account_id = $1 AND revoked_at IS NULL AND expires_at > now() \
-         ORDER BY created_at DESC, session_id",
+        "SELECT s.session_id, s.created_at, s.expires_at, s.user_agent, s.ip FROM sessions s \
+         LEFT JOIN session_activity a USING (session_id) \
+         WHERE s.account_id = $1 AND s.revoked_at IS NULL AND s.expires_at > now() \
+         AND COALESCE(a.last_seen_at, s.created_at) > now() - make_interval(secs => $2) \
+         ORDER BY s.created_at DESC, s.session_id",
     )
     .bind(caller.account_id)
+    .bind(state.auth.idle_seconds())
     .fetch_all(&state.pool)
     .await
     .map_err(|error| {

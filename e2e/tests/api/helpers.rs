@@ -118,6 +118,7 @@ async fn spawn_app_with(decider_count: usize) -> anyhow::Result<TestApp> {
             sign_in_per_ip: 100,
             sign_in_per_account: 5,
         },
+        sessions: accounts_platform::SessionConfig { idle_minutes: 30 },
         addr: "127.0.0.1:0".parse()?,
         decider_workers: 0,
         session_ttl_hours: 24,
@@ -132,6 +133,7 @@ async fn spawn_app_with(decider_count: usize) -> anyhow::Result<TestApp> {
         kafka: kafka.clone(),
         database,
         addr: "127.0.0.1:0".parse()?,
+        sessions: accounts_platform::SessionConfig { idle_minutes: 30 },
     };
     let query_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let query_url = format!("http://{}", query_listener.local_addr()?);

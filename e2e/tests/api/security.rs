@@ -240,3 +240,45 @@ async fn repeated_sign_in_is_rate_limited() {
     let other = app.new_user().await;
     assert_eq!(profile_status(&app, &other).await, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_session_expires() {
+    let app = spawn_app(1).await;
+    let idle = app.new_user().await;
+    let active = second_session(&app, &idle, PASSWORD).await;
+    assert_eq!(profile_status(&app, &idle).await, StatusCode::OK);
+    assert_eq!(profile_status(&app, &active).await, StatusCode::OK);
+
+    // The test stack ends sessions after 30 idle minutes; age the first one past that.
+    let idle_hash = accounts_platform::hash_token(&idle.token);
+    let aged = sqlx::query(
+        "UPDATE session_activity SET last_seen_at = now() - interval '31 minutes' \
+         WHERE session_id = (SELECT session_id FROM sessions WHERE token_sha256 = $1)",
+    )
+    .bind(&idle_hash)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(aged.rows_affected(), 1);
+
+    assert_eq!(profile_status(&app, &idle).await, StatusCode::UNAUTHORIZED);
+    let patch = app
+        .patch_profile(&idle, &json!({"name": "Idle"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patch.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(profile_status(&app, &active).await, StatusCode::OK);
+
+    let listed: Value = app
+        .http
+        .get(format!("{}/v1/sessions", app.query_url))
+        .bearer_auth(&active.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+}
