@@ -25,6 +25,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         CliCommand::CreateTopics(kafka) => accounts_platform::kafka::create_topics(&kafka).await,
         CliCommand::Serve(config) => {
+            accounts_platform::kafka::verify_partitions(&config.kafka).await?;
             let deciders = spawn_deciders(&config.kafka, config.decider_workers)?;
             let listener = tokio::net::TcpListener::bind(config.addr)
                 .await

@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::Consumer;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
@@ -64,4 +65,39 @@ pub async fn create_topics(config: &KafkaConfig) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Checks that the command and event topics exist with the configured partition count.
+/// Every producer computes partitions from that count, so a mismatch would put an
+/// aggregate's commands and events in different partitions.
+pub async fn verify_partitions(config: &KafkaConfig) -> anyhow::Result<()> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || {
+        let client: rdkafka::consumer::BaseConsumer = client_config(&config)
+            .create()
+            .context("failed to create Kafka metadata client")?;
+        let topics = config.topics();
+        for topic in [&topics.commands, &topics.events] {
+            let metadata = client
+                .fetch_metadata(Some(topic), Duration::from_secs(30))
+                .with_context(|| format!("failed to read metadata of topic {topic}"))?;
+            let found = metadata
+                .topics()
+                .iter()
+                .find(|entry| entry.name() == topic.as_str())
+                .filter(|entry| entry.error().is_none())
+                .map(|entry| entry.partitions().len());
+            match found {
+                None | Some(0) => bail!("topic {topic} does not exist; create it with `accounts-command create-topics`"),
+                Some(count) if i32::try_from(count).ok() != Some(config.partitions) => bail!(
+                    "topic {topic} has {count} partitions but KAFKA_PARTITIONS is {}; set KAFKA_PARTITIONS to {count}",
+                    config.partitions
+                ),
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    })
+    .await
+    .context("partition check task failed")?
 }

@@ -55,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
             database,
             addr,
         } => {
+            accounts_platform::kafka::verify_partitions(&kafka).await?;
             let pool = accounts_platform::db::connect(&database).await?;
             let mut openapi = ProjectorApi::openapi();
             openapi.merge(HealthApi::openapi());
