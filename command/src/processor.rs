@@ -590,6 +590,7 @@ fn decide_batch(
     let mut last_event_account: HashMap<usize, Uuid> = HashMap::new();
     let now = Utc::now();
 
+    let mut first_in_batch: HashMap<Uuid, usize> = HashMap::new();
     for incoming in commands {
         let envelope: CommandEnvelope = match serde_json::from_slice(&incoming.payload) {
             Ok(envelope) => envelope,
@@ -602,6 +603,20 @@ fn decide_batch(
                 continue;
             }
         };
+        // A retry that arrives in the same batch as its original shares the original's
+        // outcome; its events are not committed yet, so the state does not know them.
+        if let Some(first) = first_in_batch
+            .get(&envelope.command_id)
+            .and_then(|index| replies.get(*index))
+        {
+            let (outcome, last_event) = (first.outcome.clone(), first.last_event);
+            replies.push(PendingReply {
+                envelope,
+                outcome,
+                last_event,
+            });
+            continue;
+        }
         if let Some(outcome) = decided.outcome(&owned.state, envelope.command_id) {
             replies.push(PendingReply {
                 envelope,
@@ -650,6 +665,7 @@ fn decide_batch(
                 decided
                     .outcomes
                     .push((envelope.command_id, outcome.clone()));
+                first_in_batch.insert(envelope.command_id, replies.len());
                 replies.push(PendingReply {
                     envelope,
                     outcome,
@@ -713,6 +729,7 @@ fn decide_batch(
             decided.claims.insert(address, claim);
         }
         decided.accounts.insert(account_id, account);
+        first_in_batch.insert(envelope.command_id, replies.len());
         replies.push(PendingReply {
             envelope,
             outcome,

@@ -279,3 +279,77 @@ async fn profile_needs_a_session() {
         .unwrap();
     assert_eq!(patch.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_retries_share_one_outcome() {
+    let app = spawn_app(1).await;
+    let user = app.new_user().await;
+
+    for round in 0..5 {
+        let company = format!("Company {round}");
+        let requests = (0..6).map(|_| {
+            app.patch_profile(&user, &json!({"company_name": company}))
+                .header("Idempotency-Key", format!("company-{round}"))
+                .send()
+        });
+        let mut versions = Vec::new();
+        for response in futures::future::join_all(requests).await {
+            let response = response.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            versions.push(
+                response.json::<Value>().await.unwrap()["version"]
+                    .as_u64()
+                    .unwrap(),
+            );
+        }
+        versions.dedup();
+        assert_eq!(
+            versions.len(),
+            1,
+            "round {round}: retries got different versions"
+        );
+    }
+
+    let email = format!("racer.{}@example.com", uuid::Uuid::new_v4().simple());
+    let registrations = (0..6).map(|_| {
+        app.http
+            .post(format!("{}/v1/accounts", app.command_url))
+            .header("Idempotency-Key", "register-once")
+            .json(&json!({"email": email, "password": PASSWORD, "name": "Racer"}))
+            .send()
+    });
+    let mut account_ids = Vec::new();
+    for response in futures::future::join_all(registrations).await {
+        let response = response.unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        account_ids.push(
+            response.json::<Value>().await.unwrap()["account_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    account_ids.dedup();
+    assert_eq!(account_ids.len(), 1);
+
+    let events = app.committed_events();
+    for round in 0..5 {
+        let company = format!("Company {round}");
+        let count = events
+            .iter()
+            .filter(|event| {
+                event.subject() == user.account_id.to_string()
+                    && event.value["data"]["company_name"] == company.as_str()
+            })
+            .count();
+        assert_eq!(count, 1, "{company} was appended {count} times");
+    }
+    let registered = events
+        .iter()
+        .filter(|event| {
+            event.event_type() == "accounts.AccountRegistered"
+                && event.value["data"]["email"] == email.as_str()
+        })
+        .count();
+    assert_eq!(registered, 1);
+}
