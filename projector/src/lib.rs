@@ -91,8 +91,12 @@ async fn assign_from_stored_offsets(
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("fetch.wait.max.ms", "5")
+        // A stored offset outside the log means the database belongs to another log; fail
+        // instead of silently skipping to the end.
+        .set("auto.offset.reset", "error")
         .create()
         .context("failed to create the event consumer")?;
+    check_source(&consumer, pool, &topic).await?;
     let stored: HashMap<i32, i64> = sqlx::query_as::<_, (i32, i64)>(
         "SELECT partition, next_offset FROM projection_offsets WHERE projection = $1 AND topic = $2",
     )
@@ -120,6 +124,52 @@ async fn assign_from_stored_offsets(
         "projector assigned from stored offsets"
     );
     Ok(consumer)
+}
+
+/// Records the Kafka cluster the read models are projected from, and fails when the
+/// database already holds read models of another cluster's log.
+async fn check_source(consumer: &StreamConsumer, pool: &PgPool, topic: &str) -> anyhow::Result<()> {
+    let cluster_id = consumer
+        .client()
+        .fetch_cluster_id(std::time::Duration::from_secs(30))
+        .context("failed to read the Kafka cluster id")?;
+    let stored: Option<(String,)> = sqlx::query_as(
+        "SELECT cluster_id FROM projection_sources WHERE projection = $1 AND topic = $2",
+    )
+    .bind(READ_MODELS)
+    .bind(topic)
+    .fetch_optional(pool)
+    .await
+    .context("failed to load the projection source")?;
+    match stored {
+        Some((stored,)) if stored != cluster_id => anyhow::bail!(
+            "the read models in this database were projected from Kafka cluster {stored}, but the brokers \
+             are cluster {cluster_id}; point DATABASE_URL at an empty database or drop this one"
+        ),
+        Some(_) => Ok(()),
+        None => {
+            let (offsets,): (i64,) = sqlx::query_as("SELECT count(*) FROM projection_offsets WHERE projection = $1 AND topic = $2")
+                .bind(READ_MODELS)
+                .bind(topic)
+                .fetch_one(pool)
+                .await
+                .context("failed to count stored projection offsets")?;
+            if offsets > 0 {
+                anyhow::bail!(
+                    "the read models in this database come from a Kafka log whose cluster was not recorded; \
+                     point DATABASE_URL at an empty database or drop this one"
+                );
+            }
+            sqlx::query("INSERT INTO projection_sources (projection, topic, cluster_id) VALUES ($1, $2, $3)")
+                .bind(READ_MODELS)
+                .bind(topic)
+                .bind(&cluster_id)
+                .execute(pool)
+                .await
+                .context("failed to store the projection source")?;
+            Ok(())
+        }
+    }
 }
 
 async fn run(

@@ -86,3 +86,26 @@ async fn restarted_projector_matches_rebuild_from_zero() {
     assert_eq!(live, dump(&fresh).await);
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn projector_refuses_another_clusters_database() {
+    let app = spawn_app(1).await;
+    let (_, foreign) = create_database().await.unwrap();
+    sqlx::query("INSERT INTO projection_sources (projection, topic, cluster_id) VALUES ('read_models', $1, 'another-cluster')")
+        .bind(app.kafka.topics().events)
+        .execute(&foreign)
+        .await
+        .unwrap();
+
+    let error = spawn_projector(
+        app.kafka.clone(),
+        foreign,
+        Arc::new(ProjectorControl::default()),
+    )
+    .await
+    .expect_err("the projector started on another cluster's read models");
+    assert!(
+        format!("{error:#}").contains("projected from Kafka cluster another-cluster"),
+        "{error:#}"
+    );
+}
