@@ -52,12 +52,14 @@ impl EmailAddress {
             )
         };
         let (local, domain) = typed.rsplit_once('@').ok_or_else(invalid)?;
+        let hidden = |c: char| {
+            c.is_whitespace() || is_control(c) || c.general_category() == GeneralCategory::Format
+        };
+        if typed.chars().any(hidden) {
+            return Err(invalid());
+        }
         let ascii_domain = idna::domain_to_ascii(domain).map_err(|_| invalid())?;
-        if local.is_empty()
-            || !ascii_domain.contains('.')
-            || ascii_domain.starts_with('.')
-            || ascii_domain.ends_with('.')
-        {
+        if local.is_empty() || !is_host_name(&ascii_domain) {
             return Err(invalid());
         }
         let ascii_form = format!("{local}@{ascii_domain}");
@@ -89,6 +91,27 @@ impl fmt::Debug for EmailAddress {
     }
 }
 
+/// Returns true for a DNS host name of at least two labels, each of letters, digits and
+/// inner hyphens, with a top-level label that is not all digits. Address literals such as
+/// `[127.0.0.1]` are not accepted for account addresses.
+fn is_host_name(domain: &str) -> bool {
+    let labels: Vec<&str> = domain.split('.').collect();
+    let valid_label = |label: &&str| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    domain.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(valid_label)
+        && labels
+            .last()
+            .is_some_and(|top| !top.bytes().all(|byte| byte.is_ascii_digit()))
+}
+
 /// Checks that `text` is at most [`MAX_NAME_CHARS`] characters, contains no control or
 /// bidirectional formatting characters, and has at least one visible character.
 fn parse_name(field: &str, input: &str, required: bool) -> Result<Option<String>, FieldError> {
@@ -118,6 +141,13 @@ fn parse_name(field: &str, input: &str, required: bool) -> Result<Option<String>
             ),
         ));
     }
+    if text.chars().next().is_some_and(is_combining_mark) {
+        return Err(field_error(
+            field,
+            "invalid_character",
+            "start with a letter, digit or symbol, not a combining mark",
+        ));
+    }
     if !text.chars().any(is_visible) {
         return Err(field_error(
             field,
@@ -136,6 +166,15 @@ fn is_control(c: char) -> bool {
 /// order other than the one stored (as in "Trojan Source" attacks).
 fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+}
+
+fn is_combining_mark(c: char) -> bool {
+    matches!(
+        c.general_category(),
+        GeneralCategory::NonspacingMark
+            | GeneralCategory::SpacingMark
+            | GeneralCategory::EnclosingMark
+    )
 }
 
 fn is_visible(c: char) -> bool {
@@ -414,6 +453,11 @@ mod tests {
             "a@",
             "a@localhost",
             "a b@example.com",
+            "a@[127.0.0.1]",
+            "a@exa_mple.com",
+            "a@ex\u{200B}ample.com",
+            "a@-example.com",
+            "a@example.123",
         ] {
             assert!(
                 EmailAddress::parse("email", input).is_err(),
@@ -443,6 +487,12 @@ mod tests {
             let error = DisplayName::parse("name", input).unwrap_err();
             assert_eq!(error.code, "invisible", "{input:?}");
         }
+    }
+
+    #[test]
+    fn name_rejects_leading_combining_mark() {
+        let error = DisplayName::parse("name", "\u{0301}Zoe").unwrap_err();
+        assert_eq!(error.code, "invalid_character");
     }
 
     #[test]

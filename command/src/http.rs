@@ -116,18 +116,39 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
                 format!("the body must be at most {MAX_BODY_BYTES} bytes"),
             )
         })?;
-    let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
-    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+    if bytes.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Problem::malformed("body", "the body must be a JSON object"));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
         match inner.classify() {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
                 Problem::malformed("body", format!("the body is not valid JSON: {inner}"))
             }
-            _ if path == "." => Problem::malformed("body", inner.to_string()),
-            _ => Problem::malformed(&path, inner.to_string()),
+            _ => Problem::malformed(&field_of(&path, &inner.to_string()), inner.to_string()),
         }
-    })
+    })?;
+    deserializer.end().map_err(|error| {
+        Problem::malformed("body", format!("the body is not valid JSON: {error}"))
+    })?;
+    Ok(value)
+}
+
+/// Returns the path of the field an error is about. serde reports a missing or duplicate
+/// field at its parent object, naming the field only in the message.
+fn field_of(path: &str, message: &str) -> String {
+    let named = ["missing field `", "duplicate field `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
+        .and_then(|rest| rest.split('`').next());
+    match (path, named) {
+        (".", Some(name)) => name.to_owned(),
+        (".", None) => "body".to_owned(),
+        (parent, Some(name)) => format!("{parent}.{name}"),
+        (path, None) => path.to_owned(),
+    }
 }
 
 /// Deserialises a present field, `null` included, as `Some`, so that absent and `null`
@@ -145,7 +166,11 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Pro
     let key = value
         .to_str()
         .ok()
-        .filter(|key| !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY)
+        .filter(|key| {
+            !key.is_empty()
+                && key.len() <= MAX_IDEMPOTENCY_KEY
+                && key.bytes().all(|byte| byte.is_ascii_graphic())
+        })
         .ok_or_else(|| {
             Problem::malformed(
                 "Idempotency-Key",
@@ -182,8 +207,15 @@ pub(crate) fn expected_version(headers: &HeaderMap) -> Result<Option<u64>, Probl
     if text == "*" {
         return Ok(None);
     }
-    let tag = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
-    tag.parse().map(Some).map_err(|_| invalid())
+    let tag = text.strip_prefix("W/").unwrap_or(text);
+    let digits = match tag.strip_prefix('"') {
+        Some(quoted) => quoted.strip_suffix('"').ok_or_else(invalid)?,
+        None => tag,
+    };
+    if digits.is_empty() || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    digits.parse().map(Some).map_err(|_| invalid())
 }
 
 pub(crate) fn actor(
@@ -718,11 +750,35 @@ mod tests {
             headers.insert(header::IF_MATCH, HeaderValue::from_static(text));
             assert_eq!(expected_version(&headers).unwrap(), expected, "{text}");
         }
-        let mut headers = HeaderMap::new();
-        headers.insert(header::IF_MATCH, HeaderValue::from_static("\"abc\""));
+        for text in ["\"abc\"", "\"0", "\"+0\"", "-1", "\"\""] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::IF_MATCH, HeaderValue::from_static(text));
+            let problem = expected_version(&headers).unwrap_err();
+            assert_eq!(problem.errors[0].field, "If-Match", "{text}");
+        }
+    }
+
+    #[test]
+    fn field_of_names_missing_and_duplicate_fields() {
         assert_eq!(
-            expected_version(&headers).unwrap_err().errors[0].field,
-            "If-Match"
+            field_of(".", "missing field `password` at line 1 column 20"),
+            "password"
+        );
+        assert_eq!(
+            field_of(".", "duplicate field `email` at line 1 column 30"),
+            "email"
+        );
+        assert_eq!(
+            field_of("business_phone", "missing field `number`"),
+            "business_phone.number"
+        );
+        assert_eq!(
+            field_of("name", "invalid type: integer `42`, expected a string"),
+            "name"
+        );
+        assert_eq!(
+            field_of(".", "invalid type: string, expected a map"),
+            "body"
         );
     }
 

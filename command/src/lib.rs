@@ -105,13 +105,11 @@ pub async fn serve_api(
     let mut openapi = CommandApi::openapi();
     openapi.merge(security::SecurityApi::openapi());
     openapi.merge(HealthApi::openapi());
-    let app = http::routes(state.clone())
-        .merge(security::routes(state))
-        .merge(health_routes(Readiness::new(pool, &config.kafka)?, openapi))
-        .route_layer(axum::middleware::from_fn(
-            accounts_platform::http::track_requests,
-        ))
-        .layer(tower_http::trace::TraceLayer::new_for_http());
+    let app = accounts_platform::http::finish_api(
+        http::routes(state.clone())
+            .merge(security::routes(state))
+            .merge(health_routes(Readiness::new(pool, &config.kafka)?, openapi)),
+    );
     let address = listener.local_addr()?;
     tracing::info!(%address, "command API listening");
     Ok(tokio::spawn(async move {

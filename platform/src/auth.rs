@@ -63,7 +63,11 @@ impl SessionAuth {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
+            .and_then(|value| {
+                // Authentication schemes are case-insensitive (RFC 9110, section 11.1).
+                let (scheme, token) = value.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(token)
+            })
             .map(str::trim)
             .filter(|token| !token.is_empty() && token.len() <= MAX_TOKEN_LENGTH)
             .ok_or_else(Problem::unauthorized)?;

@@ -14,6 +14,7 @@ use utoipa::OpenApi;
 
 use crate::config::KafkaConfig;
 use crate::kafka::client_config;
+use crate::problem::Problem;
 use crate::telemetry::metrics_handle;
 
 /// The checks of `/readyz`: PostgreSQL runs a query and the Kafka cluster returns a
@@ -116,4 +117,39 @@ pub async fn track_requests(
     metrics::histogram!("http_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// Longest time a request may take, reading its body included, before it gets 408.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Adds what every API router shares: problem+json 404 and 405 responses, request
+/// metrics, a request timeout, and request tracing.
+pub fn finish_api(router: Router) -> Router {
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(axum::middleware::from_fn(track_requests))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        // Failures are logged where they happen, with their cause, and expected 503s such as
+        // `projection_lagging` are not errors.
+        .layer(tower_http::trace::TraceLayer::new_for_http().on_failure(()))
+}
+
+async fn not_found() -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no endpoint has this path; see /openapi.json",
+    )
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not accept that method; see /openapi.json",
+    )
 }

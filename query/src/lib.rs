@@ -44,6 +44,7 @@ struct AppState {
     pool: PgPool,
     auth: accounts_platform::SessionAuth,
     progress: ProjectionProgress,
+    partitions: i32,
 }
 
 #[derive(OpenApi)]
@@ -64,19 +65,18 @@ pub async fn serve_api(
         progress: ProjectionProgress::start(pool.clone(), config.kafka.topics().events).await?,
         auth: accounts_platform::SessionAuth::new(pool.clone(), &config.sessions),
         pool: pool.clone(),
+        partitions: config.kafka.partitions,
     };
     let mut openapi = QueryApi::openapi();
     openapi.merge(HealthApi::openapi());
-    let app = Router::new()
-        .route("/v1/profile", get(get_profile))
-        .route("/v1/industries", get(list_industries))
-        .route("/v1/sessions", get(list_sessions))
-        .with_state(state)
-        .merge(health_routes(Readiness::new(pool, &config.kafka)?, openapi))
-        .route_layer(axum::middleware::from_fn(
-            accounts_platform::http::track_requests,
-        ))
-        .layer(tower_http::trace::TraceLayer::new_for_http());
+    let app = accounts_platform::http::finish_api(
+        Router::new()
+            .route("/v1/profile", get(get_profile))
+            .route("/v1/industries", get(list_industries))
+            .route("/v1/sessions", get(list_sessions))
+            .with_state(state)
+            .merge(health_routes(Readiness::new(pool, &config.kafka)?, openapi)),
+    );
     let address = listener.local_addr()?;
     tracing::info!(%address, "query API listening");
     Ok(tokio::spawn(async move {
@@ -87,10 +87,7 @@ pub async fn serve_api(
 }
 
 /// Waits until the read models include the `X-Min-Position` header's position, if any.
-async fn await_min_position(
-    progress: &ProjectionProgress,
-    headers: &HeaderMap,
-) -> Result<(), Problem> {
+async fn await_min_position(state: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
     let Some(value) = headers.get("x-min-position") else {
         return Ok(());
     };
@@ -104,7 +101,16 @@ async fn await_min_position(
                 "use the position returned by a command, such as \"3-1042\"",
             )
         })?;
-    if progress.wait_for(position, MIN_POSITION_WAIT).await {
+    if position.partition >= state.partitions {
+        return Err(Problem::malformed(
+            "X-Min-Position",
+            format!(
+                "position {position} names partition {}, but the event topic has {}",
+                position.partition, state.partitions
+            ),
+        ));
+    }
+    if state.progress.wait_for(position, MIN_POSITION_WAIT).await {
         Ok(())
     } else {
         Err(Problem::unavailable(
@@ -158,8 +164,8 @@ async fn get_profile(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    await_min_position(&state.progress, &headers).await?;
     let caller = state.auth.authenticate(&headers).await?;
+    await_min_position(&state, &headers).await?;
     tracing::Span::current().record("account_id", tracing::field::display(caller.account_id));
 
     let row: Option<ProfileRow> = sqlx::query_as(
@@ -237,8 +243,8 @@ async fn list_sessions(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<SessionView>>, Problem> {
-    await_min_position(&state.progress, &headers).await?;
     let caller = state.auth.authenticate(&headers).await?;
+    await_min_position(&state, &headers).await?;
     tracing::Span::current().record("account_id", tracing::field::display(caller.account_id));
 
     let mut sessions: Vec<SessionView> = sqlx::query_as(

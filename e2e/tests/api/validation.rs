@@ -140,3 +140,96 @@ async fn bad_registration_lists_every_invalid_field() {
     assert!(codes.contains(&("name", "invalid_character")), "{problem}");
     assert_eq!(app.event_log_end(), end);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_bodies_name_the_field() {
+    let app = spawn_app(1).await;
+    let end = app.event_log_end();
+    let post = |body: &'static str| {
+        app.http
+            .post(format!("{}/v1/accounts", app.command_url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let cases = [
+        (
+            r#"{"email":"t@example.com","password":"Correct-Horse-9-battery","name":"A"} xx"#,
+            "body",
+        ),
+        (r#"{"email":"t@example.com","name":"A"}"#, "password"),
+        (
+            r#"{"email":"t@example.com","email":"u@example.com","password":"Correct-Horse-9-battery","name":"A"}"#,
+            "email",
+        ),
+        (r#"[1, 2]"#, "body"),
+    ];
+    for (body, field) in cases {
+        let response = post(body).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["errors"][0]["field"], field, "{body}: {problem}");
+    }
+    assert_eq!(app.event_log_end(), end);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_routes_answer_problem_json() {
+    let app = spawn_app(1).await;
+    for base in [&app.command_url, &app.query_url] {
+        let missing = app.http.get(format!("{base}/nope")).send().await.unwrap();
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            missing.headers()["content-type"],
+            "application/problem+json"
+        );
+        let problem: Value = missing.json().await.unwrap();
+        assert_eq!(problem["code"], "not_found");
+    }
+    let wrong_method = app
+        .http
+        .get(format!("{}/v1/accounts", app.command_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        wrong_method.headers()["content-type"],
+        "application/problem+json"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn min_position_is_checked_after_authentication() {
+    let app = spawn_app(1).await;
+    let anonymous = app
+        .http
+        .get(format!("{}/v1/profile", app.query_url))
+        .header("X-Min-Position", "3-999999999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+
+    let user = app.new_user().await;
+    let beyond = app
+        .http
+        .get(format!("{}/v1/profile", app.query_url))
+        .bearer_auth(&user.token)
+        .header("X-Min-Position", "99-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(beyond.status(), StatusCode::BAD_REQUEST);
+    let problem: Value = beyond.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["field"], "X-Min-Position");
+
+    let lower_case_scheme = app
+        .http
+        .get(format!("{}/v1/profile", app.query_url))
+        .header("authorization", format!("bearer {}", user.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower_case_scheme.status(), StatusCode::OK);
+}
