@@ -1,4 +1,4 @@
-//! Limits on sign-in attempts per client IP and per account, answered with 429.
+//! Limits on sign-in attempts per client IP and per account. Past a limit the response is 429.
 //!
 //! The limits are kept in memory by each command-service process.
 
@@ -35,7 +35,7 @@ fn per_minute(count: u32) -> Quota {
 }
 
 impl SignInLimits {
-    /// Builds the limiters and starts a task that forgets idle keys every minute.
+    /// Builds the limiters and starts a task that removes idle keys every minute.
     pub fn start(config: &RateLimitConfig) -> Self {
         let limits = Self {
             per_ip: Arc::new(RateLimiter::keyed(per_minute(config.sign_in_per_ip))),

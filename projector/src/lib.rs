@@ -8,7 +8,7 @@
 //! - Every write is idempotent and guarded by the aggregate's sequence number, so a
 //!   replayed event, or an event older than a row, leaves the row as it is.
 //! - The transaction sends `NOTIFY projection_progress` with the new offsets, which the
-//!   command and query services use to answer once their reads include a write.
+//!   command and query services use to respond once their reads include a write.
 
 pub mod project;
 
@@ -127,7 +127,7 @@ async fn assign_from_stored_offsets(
 }
 
 /// Records the Kafka cluster the read models are projected from, and fails when the
-/// database already holds read models of another cluster's log.
+/// database already contains read models of another cluster's log.
 async fn check_source(consumer: &StreamConsumer, pool: &PgPool, topic: &str) -> anyhow::Result<()> {
     let cluster_id = consumer
         .client()

@@ -30,7 +30,7 @@ async fn duplicates_in_one_batch_append_once() {
         .set("bootstrap.servers", &app.kafka.brokers)
         .create()
         .unwrap();
-    // Each copy asks for another value, as a client reusing a key by mistake would.
+    // Each copy requests another value, as a client reusing a key by mistake would.
     for copy in 0..5 {
         let envelope = CommandEnvelope {
             command_id,

@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 use crate::helpers::{sequences_of, spawn_app};
 
 #[tokio::test(flavor = "multi_thread")]
-async fn concurrent_patches_with_same_if_match_let_one_win() {
+async fn same_if_match_lets_one_win() {
     let app = spawn_app(2).await;
     let user = app.new_user().await;
     let profile: Value = app.profile(&user).await.json().await.unwrap();

@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 use crate::helpers::spawn_app;
 
 #[tokio::test(flavor = "multi_thread")]
-async fn bad_profile_input_names_the_field_and_appends_nothing() {
+async fn bad_profile_input_appends_nothing() {
     let app = spawn_app(1).await;
     let user = app.new_user().await;
     let end = app.event_log_end();
