@@ -23,6 +23,8 @@ pub enum Rejection {
     AccountNotFound,
     #[error("the credentials changed while the request was checked")]
     CredentialsChanged,
+    #[error("the idempotency key was used before for another request")]
+    IdempotencyKeyReused,
     #[error("the session does not exist or has ended")]
     SessionNotFound,
     #[error("the session expires in the past")]
@@ -322,6 +324,7 @@ mod tests {
                         ip: None,
                         user_agent: None,
                     },
+                    request_digest: None,
                 },
                 event: event.clone(),
             });

@@ -264,6 +264,7 @@ impl AppState {
             correlation_id: Uuid::now_v7(),
             actor,
             issued_at: Utc::now(),
+            request_digest: Some(command.request_digest(expected_version)),
             command,
         };
         let outcome = match self
@@ -324,6 +325,11 @@ fn rejection_problem(rejection: &Rejection, command_id: Uuid) -> Problem {
         Rejection::EmailTaken => Problem::new(StatusCode::CONFLICT, "email_taken", "an account with this email address already exists"),
         Rejection::AccountNotFound => Problem::new(StatusCode::NOT_FOUND, "account_not_found", "the account does not exist"),
         Rejection::CredentialsChanged => invalid_credentials(),
+        Rejection::IdempotencyKeyReused => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for a different request; use a new key for a new request",
+        ),
         Rejection::SessionNotFound => Problem::new(
             StatusCode::NOT_FOUND,
             "session_not_found",
@@ -796,6 +802,7 @@ mod tests {
             rejection_problem(&Rejection::AccountNotFound, Uuid::nil()),
             rejection_problem(&Rejection::CredentialsChanged, Uuid::nil()),
             rejection_problem(&Rejection::SessionNotFound, Uuid::nil()),
+            rejection_problem(&Rejection::IdempotencyKeyReused, Uuid::nil()),
         ];
         let mut codes: Vec<&str> = problems
             .iter()

@@ -208,6 +208,8 @@ struct PartitionState {
     /// The next offset after each account's last event.
     positions: HashMap<Uuid, i64>,
     outcomes: HashMap<Uuid, Outcome>,
+    /// Request digests of the remembered commands, where known.
+    digests: HashMap<Uuid, String>,
     outcome_order: VecDeque<Uuid>,
 }
 
@@ -219,6 +221,7 @@ impl PartitionState {
         while self.outcome_order.len() > MAX_REMEMBERED_OUTCOMES {
             if let Some(oldest) = self.outcome_order.pop_front() {
                 self.outcomes.remove(&oldest);
+                self.digests.remove(&oldest);
             }
         }
     }
@@ -523,6 +526,7 @@ struct Decided {
     claims: HashMap<String, EmailClaimState>,
     positions: HashMap<Uuid, i64>,
     outcomes: Vec<(Uuid, Outcome)>,
+    digests: HashMap<Uuid, String>,
 }
 
 impl Decided {
@@ -530,6 +534,7 @@ impl Decided {
         state.accounts.extend(self.accounts);
         state.claims.extend(self.claims);
         state.positions.extend(self.positions);
+        state.digests.extend(self.digests);
         for (command_id, outcome) in self.outcomes {
             state.remember(command_id, outcome);
         }
@@ -558,6 +563,13 @@ impl Decided {
             .find(|(id, _)| *id == command_id)
             .map(|(_, outcome)| outcome.clone())
             .or_else(|| state.outcomes.get(&command_id).cloned())
+    }
+
+    fn digest(&self, state: &PartitionState, command_id: Uuid) -> Option<String> {
+        self.digests
+            .get(&command_id)
+            .or_else(|| state.digests.get(&command_id))
+            .cloned()
     }
 
     fn position(&self, state: &PartitionState, account: Uuid) -> Option<i64> {
@@ -609,7 +621,16 @@ fn decide_batch(
             .get(&envelope.command_id)
             .and_then(|index| replies.get(*index))
         {
-            let (outcome, last_event) = (first.outcome.clone(), first.last_event);
+            let (mut outcome, mut last_event) = (first.outcome.clone(), first.last_event);
+            if differs(
+                first.envelope.request_digest.as_deref(),
+                envelope.request_digest.as_deref(),
+            ) {
+                outcome = Outcome::Rejected {
+                    rejection: Rejection::IdempotencyKeyReused,
+                };
+                last_event = None;
+            }
             replies.push(PendingReply {
                 envelope,
                 outcome,
@@ -617,7 +638,13 @@ fn decide_batch(
             });
             continue;
         }
-        if let Some(outcome) = decided.outcome(&owned.state, envelope.command_id) {
+        if let Some(mut outcome) = decided.outcome(&owned.state, envelope.command_id) {
+            let original = decided.digest(&owned.state, envelope.command_id);
+            if differs(original.as_deref(), envelope.request_digest.as_deref()) {
+                outcome = Outcome::Rejected {
+                    rejection: Rejection::IdempotencyKeyReused,
+                };
+            }
             replies.push(PendingReply {
                 envelope,
                 outcome,
@@ -699,6 +726,7 @@ fn decide_batch(
                     correlation_id: envelope.correlation_id,
                     causation_id: envelope.command_id,
                     actor: envelope.actor.clone(),
+                    request_digest: envelope.request_digest.clone(),
                 },
                 event,
             };
@@ -729,6 +757,9 @@ fn decide_batch(
             decided.claims.insert(address, claim);
         }
         decided.accounts.insert(account_id, account);
+        if let (Some(digest), Some(_)) = (&envelope.request_digest, last_event) {
+            decided.digests.insert(envelope.command_id, digest.clone());
+        }
         first_in_batch.insert(envelope.command_id, replies.len());
         replies.push(PendingReply {
             envelope,
@@ -775,6 +806,12 @@ fn decide_batch(
         send_reply(&owned.producer, &topics.replies, &reply.envelope, outcome)?;
     }
     Ok(decided)
+}
+
+/// Returns true when both digests are known and differ: the same command id was sent for
+/// another request.
+fn differs(original: Option<&str>, retry: Option<&str>) -> bool {
+    matches!((original, retry), (Some(original), Some(retry)) if original != retry)
 }
 
 fn traceparent(correlation_id: Uuid, event_id: Uuid) -> String {
@@ -969,6 +1006,11 @@ fn fold(state: &mut PartitionState, recorded: &RecordedEvent, partition: i32, of
             }
             account.evolve(recorded);
             let version = account.version;
+            if let Some(digest) = &recorded.meta.request_digest {
+                state
+                    .digests
+                    .insert(recorded.meta.command_id, digest.clone());
+            }
             state.positions.insert(account_id, offset + 1);
             state.remember(
                 recorded.meta.command_id,

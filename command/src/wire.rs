@@ -4,6 +4,7 @@
 use accounts_events::Actor;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::decider::Rejection;
@@ -23,6 +24,9 @@ pub struct CommandEnvelope {
     pub correlation_id: Uuid,
     pub actor: Actor,
     pub issued_at: DateTime<Utc>,
+    /// See [`Command::request_digest`]; absent in commands from older versions.
+    #[serde(default)]
+    pub request_digest: Option<String>,
     pub command: Command,
 }
 
@@ -101,6 +105,40 @@ pub enum RevokeScope {
 }
 
 impl Command {
+    /// Returns the hex SHA-256 of what the client asked for, leaving out values the server
+    /// generates (ids, salts, tokens). Two requests with one idempotency key and different
+    /// digests are a reused key, not a retry.
+    pub fn request_digest(&self, expected_version: Option<u64>) -> String {
+        let request = match self {
+            Self::RegisterAccount {
+                email_normalized,
+                name,
+                ..
+            } => {
+                serde_json::json!(["register_account", email_normalized, name])
+            }
+            Self::UpdateProfile { changes, .. } => {
+                serde_json::json!(["update_profile", changes, expected_version])
+            }
+            Self::StartSession { session_id, .. } => {
+                serde_json::json!(["start_session", session_id])
+            }
+            Self::RevokeSessions {
+                scope,
+                current_session,
+                ..
+            } => {
+                serde_json::json!(["revoke_sessions", scope, current_session])
+            }
+            Self::ChangePassword {
+                current_session, ..
+            } => {
+                serde_json::json!(["change_password", current_session, expected_version])
+            }
+        };
+        hex::encode(Sha256::digest(request.to_string().as_bytes()))
+    }
+
     /// Returns a short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -3,7 +3,8 @@
 //! Besides the standard attributes, each record carries these extension attributes:
 //! `aggregatetype`, `aggregatesequence` (the aggregate's version after this event, starting
 //! at 1), `schemaversion`, `commandid`, `correlationid`, `causationid`, and the actor as
-//! `actortype`, `actorid`, `actorip` and `actoruseragent`.
+//! `actortype`, `actorid`, `actorip` and `actoruseragent`, and `requestdigest` (the SHA-256
+//! of the request behind the command) when known.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,9 @@ pub struct EventMeta {
     pub correlation_id: Uuid,
     pub causation_id: Uuid,
     pub actor: Actor,
+    /// SHA-256 of the request that issued the command, so that a reused idempotency key with
+    /// another request can be told apart from a retry. Absent in older records.
+    pub request_digest: Option<String>,
 }
 
 /// An event together with its metadata.
@@ -85,6 +89,8 @@ struct CloudEvent {
     actorip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     actoruseragent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    requestdigest: Option<String>,
     data: serde_json::Value,
 }
 
@@ -132,6 +138,7 @@ impl RecordedEvent {
             actorid: meta.actor.id.clone(),
             actorip: meta.actor.ip.clone(),
             actoruseragent: meta.actor.user_agent.clone(),
+            requestdigest: meta.request_digest.clone(),
             data: self.event.to_data()?,
         };
         serde_json::to_vec(&envelope)
@@ -167,6 +174,7 @@ impl RecordedEvent {
                 ip: envelope.actorip,
                 user_agent: envelope.actoruseragent,
             },
+            request_digest: envelope.requestdigest,
         };
         Ok(Decoded::Event(Box::new(RecordedEvent { meta, event })))
     }
@@ -195,6 +203,7 @@ mod tests {
                     ip: Some("127.0.0.1".into()),
                     user_agent: None,
                 },
+                request_digest: Some("ab".repeat(32)),
             },
             event: DomainEvent::ProfileUpdated(ProfileUpdated {
                 name: "Zoë Müller".into(),

@@ -32,7 +32,17 @@ async fn duplicates_in_one_batch_append_once() {
         .unwrap();
     // Each copy requests another value, as a client reusing a key by mistake would.
     for copy in 0..5 {
+        let command = Command::UpdateProfile {
+            account_id: user.account_id,
+            changes: ProfileChanges {
+                company_name: Some(FieldValue {
+                    value: Some(format!("Batched {copy}")),
+                }),
+                ..ProfileChanges::default()
+            },
+        };
         let envelope = CommandEnvelope {
+            request_digest: Some(command.request_digest(None)),
             command_id,
             request_id: Uuid::new_v4(),
             aggregate_key: aggregate.key(),
@@ -49,15 +59,7 @@ async fn duplicates_in_one_batch_append_once() {
                 user_agent: None,
             },
             issued_at: chrono::Utc::now(),
-            command: Command::UpdateProfile {
-                account_id: user.account_id,
-                changes: ProfileChanges {
-                    company_name: Some(FieldValue {
-                        value: Some(format!("Batched {copy}")),
-                    }),
-                    ..ProfileChanges::default()
-                },
-            },
+            command,
         };
         let payload = serde_json::to_vec(&envelope).unwrap();
         let key = aggregate.key();

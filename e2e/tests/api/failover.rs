@@ -88,6 +88,16 @@ async fn takeover_after_crash_keeps_exactly_once() {
     assert_eq!(body["version"].as_u64(), Some(versions[0][0]));
     assert_eq!(app.event_log_end(), end);
 
+    // The same key with another request is refused, also after the takeover.
+    let reused = app
+        .patch_profile(&users[0], &json!({"name": "Another Name"}))
+        .header("Idempotency-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(app.event_log_end(), end);
+
     let committed = app.committed_events();
     for (user, versions) in users.iter().zip(&versions) {
         let subject = user.account_id.to_string();

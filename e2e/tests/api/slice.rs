@@ -353,3 +353,27 @@ async fn concurrent_retries_share_one_outcome() {
         .count();
     assert_eq!(registered, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reused_idempotency_key_is_rejected() {
+    let app = spawn_app(1).await;
+    let user = app.new_user().await;
+    let send = |name: &'static str| {
+        app.patch_profile(&user, &json!({"name": name}))
+            .header("Idempotency-Key", "rename-once")
+            .send()
+    };
+    let first = send("First Name").await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let end = app.event_log_end();
+
+    let reused = send("Other Name").await.unwrap();
+    assert_eq!(reused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let problem: Value = reused.json().await.unwrap();
+    assert_eq!(problem["code"], "idempotency_key_reused");
+    assert_eq!(send("First Name").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(app.event_log_end(), end);
+
+    let profile: Value = app.profile(&user).await.json().await.unwrap();
+    assert_eq!(profile["name"], "First Name");
+}
