@@ -16,6 +16,10 @@ pub enum DomainEvent {
     SessionStarted(SessionStarted),
     SessionsRevoked(SessionsRevoked),
     PasswordChanged(PasswordChanged),
+    TotpEnrollmentStarted(TotpEnrollmentStarted),
+    TotpEnabled(TotpEnabled),
+    TotpStepUsed(TotpStepUsed),
+    BackupCodeUsed(BackupCodeUsed),
     EmailClaimed(EmailClaimed),
 }
 
@@ -107,6 +111,52 @@ impl std::fmt::Debug for PasswordChanged {
     }
 }
 
+/// A TOTP factor was generated and waits for confirmation with a valid code. The secret
+/// is present only encrypted (`v1:<key id>:<nonce>:<ciphertext>`, AES-256-GCM).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TotpEnrollmentStarted {
+    pub secret_ciphertext: String,
+}
+
+/// The pending TOTP factor was confirmed: sign-in now needs a code or a backup code.
+/// Backup codes are present only as hex SHA-256 hashes.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TotpEnabled {
+    pub secret_ciphertext: String,
+    pub backup_code_hashes: Vec<String>,
+    /// The 30-second step of the confirming code; it and earlier steps are used up.
+    pub confirmed_step: u64,
+    pub credential_version: u64,
+}
+
+/// A TOTP code was accepted; its step and earlier steps can never be used again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TotpStepUsed {
+    pub step: u64,
+}
+
+/// A backup code was accepted and is used up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupCodeUsed {
+    /// Position of the code in the list of the last `TotpEnabled`.
+    pub index: usize,
+}
+
+macro_rules! redacted_debug {
+    ($($type:ident),*) => {$(
+        impl std::fmt::Debug for $type {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($type)).finish_non_exhaustive()
+            }
+        }
+    )*};
+}
+redacted_debug!(TotpEnrollmentStarted, TotpEnabled);
+
 /// An email address was claimed by an account, making it unavailable to others.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -134,6 +184,10 @@ impl DomainEvent {
     pub const SESSION_STARTED: &'static str = "accounts.SessionStarted";
     pub const SESSIONS_REVOKED: &'static str = "accounts.SessionsRevoked";
     pub const PASSWORD_CHANGED: &'static str = "accounts.PasswordChanged";
+    pub const TOTP_ENROLLMENT_STARTED: &'static str = "accounts.TotpEnrollmentStarted";
+    pub const TOTP_ENABLED: &'static str = "accounts.TotpEnabled";
+    pub const TOTP_STEP_USED: &'static str = "accounts.TotpStepUsed";
+    pub const BACKUP_CODE_USED: &'static str = "accounts.BackupCodeUsed";
     pub const EMAIL_CLAIMED: &'static str = "accounts.EmailClaimed";
 
     /// Returns the CloudEvents `type` of this event.
@@ -144,6 +198,10 @@ impl DomainEvent {
             Self::SessionStarted(_) => Self::SESSION_STARTED,
             Self::SessionsRevoked(_) => Self::SESSIONS_REVOKED,
             Self::PasswordChanged(_) => Self::PASSWORD_CHANGED,
+            Self::TotpEnrollmentStarted(_) => Self::TOTP_ENROLLMENT_STARTED,
+            Self::TotpEnabled(_) => Self::TOTP_ENABLED,
+            Self::TotpStepUsed(_) => Self::TOTP_STEP_USED,
+            Self::BackupCodeUsed(_) => Self::BACKUP_CODE_USED,
             Self::EmailClaimed(_) => Self::EMAIL_CLAIMED,
         }
     }
@@ -162,6 +220,10 @@ impl DomainEvent {
                 | Self::SESSION_STARTED
                 | Self::SESSIONS_REVOKED
                 | Self::PASSWORD_CHANGED
+                | Self::TOTP_ENROLLMENT_STARTED
+                | Self::TOTP_ENABLED
+                | Self::TOTP_STEP_USED
+                | Self::BACKUP_CODE_USED
                 | Self::EMAIL_CLAIMED
         )
     }
@@ -174,6 +236,10 @@ impl DomainEvent {
             Self::SessionStarted(payload) => serde_json::to_value(payload),
             Self::SessionsRevoked(payload) => serde_json::to_value(payload),
             Self::PasswordChanged(payload) => serde_json::to_value(payload),
+            Self::TotpEnrollmentStarted(payload) => serde_json::to_value(payload),
+            Self::TotpEnabled(payload) => serde_json::to_value(payload),
+            Self::TotpStepUsed(payload) => serde_json::to_value(payload),
+            Self::BackupCodeUsed(payload) => serde_json::to_value(payload),
             Self::EmailClaimed(payload) => serde_json::to_value(payload),
         }
     }
@@ -213,6 +279,16 @@ impl DomainEvent {
             }
             Self::PASSWORD_CHANGED => {
                 Self::PasswordChanged(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::TOTP_ENROLLMENT_STARTED => {
+                Self::TotpEnrollmentStarted(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::TOTP_ENABLED => Self::TotpEnabled(serde_json::from_value(data).map_err(invalid)?),
+            Self::TOTP_STEP_USED => {
+                Self::TotpStepUsed(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::BACKUP_CODE_USED => {
+                Self::BackupCodeUsed(serde_json::from_value(data).map_err(invalid)?)
             }
             Self::EMAIL_CLAIMED => {
                 Self::EmailClaimed(serde_json::from_value(data).map_err(invalid)?)

@@ -15,8 +15,8 @@ pub use envelope::{
     Actor, ActorKind, DecodeError, Decoded, EventMeta, RecordedEvent, CONTENT_TYPE,
 };
 pub use event::{
-    AccountRegistered, DomainEvent, EmailClaimed, PasswordChanged, ProfileUpdated, SessionStarted,
-    SessionsRevoked,
+    AccountRegistered, BackupCodeUsed, DomainEvent, EmailClaimed, PasswordChanged, ProfileUpdated,
+    SessionStarted, SessionsRevoked, TotpEnabled, TotpEnrollmentStarted, TotpStepUsed,
 };
 pub use industry::INDUSTRIES;
 pub use state::{AccountState, EmailClaimState, SessionState};

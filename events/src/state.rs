@@ -29,6 +29,14 @@ pub struct AccountState {
     pub credential_version: u64,
     pub password_changed_at: Option<DateTime<Utc>>,
     pub sessions: BTreeMap<Uuid, SessionState>,
+    /// Encrypted secret of a TOTP factor that waits for confirmation.
+    pub totp_pending: Option<String>,
+    /// Encrypted secret of the confirmed TOTP factor; set while MFA is on.
+    pub totp_secret: Option<String>,
+    /// The last 30-second step whose code was accepted.
+    pub last_totp_step: u64,
+    /// Hashes of the backup codes, `None` for a used one.
+    pub backup_codes: Vec<Option<String>>,
     pub registered_at: Option<DateTime<Utc>>,
     pub updated_at: Option<DateTime<Utc>>,
     /// The sequence number of the last event applied.
@@ -58,6 +66,11 @@ pub struct EmailClaimState {
 }
 
 impl AccountState {
+    /// Returns true while sign-in needs a second factor.
+    pub fn mfa_enabled(&self) -> bool {
+        self.totp_secret.is_some()
+    }
+
     /// Returns true once the account has been registered.
     pub fn exists(&self) -> bool {
         self.version > 0
@@ -103,6 +116,29 @@ impl AccountState {
                 self.password_hash = changed.password_hash.clone();
                 self.credential_version = changed.credential_version;
                 self.password_changed_at = Some(time);
+            }
+            DomainEvent::TotpEnrollmentStarted(started) => {
+                self.totp_pending = Some(started.secret_ciphertext.clone());
+            }
+            DomainEvent::TotpEnabled(enabled) => {
+                self.totp_pending = None;
+                self.totp_secret = Some(enabled.secret_ciphertext.clone());
+                self.last_totp_step = self.last_totp_step.max(enabled.confirmed_step);
+                self.backup_codes = enabled
+                    .backup_code_hashes
+                    .iter()
+                    .cloned()
+                    .map(Some)
+                    .collect();
+                self.credential_version = enabled.credential_version;
+            }
+            DomainEvent::TotpStepUsed(used) => {
+                self.last_totp_step = self.last_totp_step.max(used.step);
+            }
+            DomainEvent::BackupCodeUsed(used) => {
+                if let Some(code) = self.backup_codes.get_mut(used.index) {
+                    *code = None;
+                }
             }
             DomainEvent::EmailClaimed(_) => {}
         }
