@@ -2,14 +2,15 @@
 //! rejection. It is pure: no I/O, and the time comes in as a parameter.
 
 use accounts_events::{
-    AccountRegistered, AccountState, DomainEvent, EmailClaimState, EmailClaimed, PasswordChanged,
-    ProfileUpdated, SessionStarted, SessionsRevoked,
+    AccountRegistered, AccountState, BackupCodeUsed, DomainEvent, EmailClaimState, EmailClaimed,
+    PasswordChanged, ProfileUpdated, SessionStarted, SessionsRevoked, TotpEnabled,
+    TotpEnrollmentStarted, TotpStepUsed,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::wire::{Command, FieldValue, ProfileChanges, RevokeScope};
+use crate::wire::{Command, FieldValue, ProfileChanges, RevokeScope, SecondFactor};
 
 /// The reason a decider rejected a command. Each maps to one HTTP status and problem code.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -23,6 +24,14 @@ pub enum Rejection {
     AccountNotFound,
     #[error("the credentials changed while the request was checked")]
     CredentialsChanged,
+    #[error("two-factor authentication is already on")]
+    MfaAlreadyEnabled,
+    #[error("no TOTP enrollment waits for confirmation, or a newer one replaced it")]
+    NoPendingEnrollment,
+    #[error("this code or backup code was already used")]
+    CodeAlreadyUsed,
+    #[error("sign-in needs a second factor")]
+    MfaRequired,
     #[error("the idempotency key was used before for another request")]
     IdempotencyKeyReused,
     #[error("the session does not exist or has ended")]
@@ -110,6 +119,7 @@ pub fn decide(
                 user_agent,
                 ip,
                 credential_version,
+                second_factor,
                 ..
             },
         ) => {
@@ -120,17 +130,37 @@ pub fn decide(
             if *expires_at <= now {
                 return Err(Rejection::SessionAlreadyExpired);
             }
-            Ok(vec![(
-                EventTarget::Account,
-                DomainEvent::SessionStarted(SessionStarted {
-                    session_id: *session_id,
-                    token_sha256: token_sha256.clone(),
-                    expires_at: *expires_at,
-                    user_agent: user_agent.clone(),
-                    ip: ip.clone(),
-                    method: "password".to_owned(),
-                }),
-            )])
+            let (factor_event, method) = match (account.mfa_enabled(), second_factor) {
+                (false, _) => (None, "password"),
+                (true, None) => return Err(Rejection::MfaRequired),
+                (true, Some(SecondFactor::Totp { step })) => {
+                    if *step <= account.last_totp_step {
+                        return Err(Rejection::CodeAlreadyUsed);
+                    }
+                    let used = DomainEvent::TotpStepUsed(TotpStepUsed { step: *step });
+                    (Some(used), "password+totp")
+                }
+                (true, Some(SecondFactor::BackupCode { index })) => {
+                    if !matches!(account.backup_codes.get(*index), Some(Some(_))) {
+                        return Err(Rejection::CodeAlreadyUsed);
+                    }
+                    let used = DomainEvent::BackupCodeUsed(BackupCodeUsed { index: *index });
+                    (Some(used), "password+backup_code")
+                }
+            };
+            let started = DomainEvent::SessionStarted(SessionStarted {
+                session_id: *session_id,
+                token_sha256: token_sha256.clone(),
+                expires_at: *expires_at,
+                user_agent: user_agent.clone(),
+                ip: ip.clone(),
+                method: method.to_owned(),
+            });
+            Ok(factor_event
+                .into_iter()
+                .chain(std::iter::once(started))
+                .map(|event| (EventTarget::Account, event))
+                .collect())
         }
         (
             Target::Account(account),
@@ -182,6 +212,56 @@ pub fn decide(
             Ok(std::iter::once((EventTarget::Account, changed))
                 .chain(revoke(others, "password_changed"))
                 .collect())
+        }
+        (
+            Target::Account(account),
+            Command::StartTotpEnrollment {
+                secret_ciphertext, ..
+            },
+        ) => {
+            require_version(account, expected_version)?;
+            if account.mfa_enabled() {
+                return Err(Rejection::MfaAlreadyEnabled);
+            }
+            Ok(vec![(
+                EventTarget::Account,
+                DomainEvent::TotpEnrollmentStarted(TotpEnrollmentStarted {
+                    secret_ciphertext: secret_ciphertext.clone(),
+                }),
+            )])
+        }
+        (
+            Target::Account(account),
+            Command::ConfirmTotp {
+                secret_ciphertext,
+                step,
+                backup_code_hashes,
+                credential_version,
+                ..
+            },
+        ) => {
+            require_version(account, expected_version)?;
+            if account.mfa_enabled() {
+                return Err(Rejection::MfaAlreadyEnabled);
+            }
+            if account.totp_pending.as_ref() != Some(secret_ciphertext) {
+                return Err(Rejection::NoPendingEnrollment);
+            }
+            if account.credential_version != *credential_version {
+                return Err(Rejection::CredentialsChanged);
+            }
+            if *step <= account.last_totp_step {
+                return Err(Rejection::CodeAlreadyUsed);
+            }
+            Ok(vec![(
+                EventTarget::Account,
+                DomainEvent::TotpEnabled(TotpEnabled {
+                    secret_ciphertext: secret_ciphertext.clone(),
+                    backup_code_hashes: backup_code_hashes.clone(),
+                    confirmed_step: *step,
+                    credential_version: credential_version + 1,
+                }),
+            )])
         }
         _ => Err(Rejection::Misaddressed),
     }
@@ -290,7 +370,9 @@ pub fn account_of(command: &Command) -> Uuid {
         | Command::UpdateProfile { account_id, .. }
         | Command::StartSession { account_id, .. }
         | Command::RevokeSessions { account_id, .. }
-        | Command::ChangePassword { account_id, .. } => *account_id,
+        | Command::ChangePassword { account_id, .. }
+        | Command::StartTotpEnrollment { account_id, .. }
+        | Command::ConfirmTotp { account_id, .. } => *account_id,
     }
 }
 
@@ -486,6 +568,7 @@ mod tests {
             user_agent: None,
             ip: None,
             credential_version,
+            second_factor: None,
         }
     }
 
@@ -653,6 +736,150 @@ mod tests {
         assert_eq!(
             decide(Target::Account(&state), &command, None, now()),
             Err(Rejection::CredentialsChanged)
+        );
+    }
+
+    fn totp_enabled(step: u64) -> DomainEvent {
+        DomainEvent::TotpEnabled(TotpEnabled {
+            secret_ciphertext: "v1:k:n:c".into(),
+            backup_code_hashes: vec!["h0".into(), "h1".into()],
+            confirmed_step: step,
+            credential_version: 2,
+        })
+    }
+
+    fn mfa_session(factor: SecondFactor) -> Command {
+        let later = now() + chrono::Duration::hours(1);
+        match start_session(2, later) {
+            Command::StartSession {
+                account_id,
+                session_id,
+                token_sha256,
+                expires_at,
+                user_agent,
+                ip,
+                credential_version,
+                ..
+            } => Command::StartSession {
+                account_id,
+                session_id,
+                token_sha256,
+                expires_at,
+                user_agent,
+                ip,
+                credential_version,
+                second_factor: Some(factor),
+            },
+            other => other,
+        }
+    }
+
+    #[test]
+    fn mfa_session_needs_a_second_factor() {
+        let state = given(&[registered(), totp_enabled(100)]);
+        let later = now() + chrono::Duration::hours(1);
+        assert_eq!(
+            decide(
+                Target::Account(&state),
+                &start_session(2, later),
+                None,
+                now()
+            ),
+            Err(Rejection::MfaRequired)
+        );
+    }
+
+    #[test]
+    fn totp_step_is_used_once() {
+        let mut state = given(&[registered(), totp_enabled(100)]);
+        assert_eq!(
+            decide(
+                Target::Account(&state),
+                &mfa_session(SecondFactor::Totp { step: 100 }),
+                None,
+                now()
+            ),
+            Err(Rejection::CodeAlreadyUsed)
+        );
+        let events = decide(
+            Target::Account(&state),
+            &mfa_session(SecondFactor::Totp { step: 101 }),
+            None,
+            now(),
+        )
+        .unwrap();
+        assert!(matches!(
+            events[0].1,
+            DomainEvent::TotpStepUsed(TotpStepUsed { step: 101 })
+        ));
+        assert!(
+            matches!(&events[1].1, DomainEvent::SessionStarted(started) if started.method == "password+totp")
+        );
+
+        state.last_totp_step = 101;
+        assert_eq!(
+            decide(
+                Target::Account(&state),
+                &mfa_session(SecondFactor::Totp { step: 101 }),
+                None,
+                now()
+            ),
+            Err(Rejection::CodeAlreadyUsed)
+        );
+    }
+
+    #[test]
+    fn backup_code_is_used_once() {
+        let mut state = given(&[registered(), totp_enabled(100)]);
+        let events = decide(
+            Target::Account(&state),
+            &mfa_session(SecondFactor::BackupCode { index: 1 }),
+            None,
+            now(),
+        )
+        .unwrap();
+        assert!(matches!(
+            events[0].1,
+            DomainEvent::BackupCodeUsed(BackupCodeUsed { index: 1 })
+        ));
+
+        state.backup_codes[1] = None;
+        for index in [1, 2] {
+            assert_eq!(
+                decide(
+                    Target::Account(&state),
+                    &mfa_session(SecondFactor::BackupCode { index }),
+                    None,
+                    now()
+                ),
+                Err(Rejection::CodeAlreadyUsed),
+                "index {index}"
+            );
+        }
+    }
+
+    #[test]
+    fn confirmation_needs_the_pending_secret() {
+        let state = given(&[
+            registered(),
+            DomainEvent::TotpEnrollmentStarted(TotpEnrollmentStarted {
+                secret_ciphertext: "newer".into(),
+            }),
+        ]);
+        let confirm = |secret: &str| Command::ConfirmTotp {
+            account_id: Uuid::nil(),
+            secret_ciphertext: secret.into(),
+            step: 5,
+            backup_code_hashes: vec![],
+            credential_version: 1,
+        };
+        assert_eq!(
+            decide(Target::Account(&state), &confirm("older"), None, now()),
+            Err(Rejection::NoPendingEnrollment)
+        );
+        let events = decide(Target::Account(&state), &confirm("newer"), None, now()).unwrap();
+        assert!(
+            matches!(&events[0].1, DomainEvent::TotpEnabled(enabled) if enabled.credential_version == 2)
         );
     }
 }

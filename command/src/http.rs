@@ -49,6 +49,8 @@ pub struct AppState {
     pub progress: ProjectionProgress,
     pub hasher: PasswordHasherPool,
     pub sign_in_limits: crate::ratelimit::SignInLimits,
+    /// Encrypts TOTP secrets and MFA tokens; `None` when no key is configured.
+    pub secrets: Option<crate::secrets::SecretBox>,
     pub partitions: i32,
     pub session_ttl: chrono::Duration,
     /// How long a response waits for the read models to include a command's events.
@@ -314,7 +316,7 @@ impl AppState {
 }
 
 /// Maps each rejection to its status and problem code.
-fn rejection_problem(rejection: &Rejection, command_id: Uuid) -> Problem {
+pub(crate) fn rejection_problem(rejection: &Rejection, command_id: Uuid) -> Problem {
     match rejection {
         Rejection::VersionMismatch { expected, actual } => Problem::new(
             StatusCode::PRECONDITION_FAILED,
@@ -329,6 +331,26 @@ fn rejection_problem(rejection: &Rejection, command_id: Uuid) -> Problem {
             StatusCode::UNPROCESSABLE_ENTITY,
             "idempotency_key_reused",
             "this Idempotency-Key was used for a different request; use a new key for a new request",
+        ),
+        Rejection::MfaAlreadyEnabled => Problem::new(
+            StatusCode::CONFLICT,
+            "mfa_already_enabled",
+            "two-factor authentication is already on; disable it first to enroll again",
+        ),
+        Rejection::NoPendingEnrollment => Problem::new(
+            StatusCode::CONFLICT,
+            "no_pending_enrollment",
+            "no TOTP enrollment waits for confirmation; start one with POST /v1/mfa/totp",
+        ),
+        Rejection::CodeAlreadyUsed => Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "code_already_used",
+            "this code was already used; wait for the next code of your authenticator app",
+        ),
+        Rejection::MfaRequired => Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "mfa_required",
+            "sign-in needs a code from your authenticator app",
         ),
         Rejection::SessionNotFound => Problem::new(
             StatusCode::NOT_FOUND,
@@ -521,28 +543,59 @@ pub async fn sign_in(
         return Err(invalid_credentials());
     }
 
-    let credentials: Option<(Uuid, String, i64)> = sqlx::query_as(
-        "SELECT account_id, password_hash, credential_version FROM credentials WHERE email_normalized = $1 LIMIT 1",
+    let credentials: Option<(Uuid, String, i64, bool)> = sqlx::query_as(
+        "SELECT account_id, password_hash, credential_version, totp_secret IS NOT NULL \
+         FROM credentials WHERE email_normalized = $1 LIMIT 1",
     )
     .bind(email.normalized())
     .fetch_optional(&state.pool)
     .await
-    .map_err(|error| internal_error(&anyhow::Error::new(error).context("failed to load credentials")))?;
-    let stored_hash = credentials.as_ref().map(|(_, hash, _)| hash.clone());
+    .map_err(|error| {
+        internal_error(&anyhow::Error::new(error).context("failed to load credentials"))
+    })?;
+    let stored_hash = credentials.as_ref().map(|(_, hash, _, _)| hash.clone());
     let verified = state
         .hasher
         .verify(request.password, stored_hash)
         .await
         .map_err(|error| internal_error(&error))?;
-    let Some((account_id, _, credential_version)) = credentials.filter(|_| verified) else {
+    let Some((account_id, _, credential_version, mfa_enabled)) = credentials.filter(|_| verified)
+    else {
         return Err(invalid_credentials());
     };
     tracing::Span::current().record("account_id", tracing::field::display(account_id));
+    let credential_version = u64::try_from(credential_version).unwrap_or_default();
+    if mfa_enabled {
+        return Err(crate::mfa::challenge(
+            &state,
+            account_id,
+            credential_version,
+        )?);
+    }
+    open_session(
+        &state,
+        account_id,
+        credential_version,
+        None,
+        address,
+        &headers,
+    )
+    .await
+}
 
+/// Opens a session for an account whose credentials were verified at `credential_version`.
+pub(crate) async fn open_session(
+    state: &AppState,
+    account_id: Uuid,
+    credential_version: u64,
+    second_factor: Option<crate::wire::SecondFactor>,
+    address: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<Response, Problem> {
     let token = new_token();
     let session_id = Uuid::now_v7();
     let expires_at = Utc::now() + state.session_ttl;
-    let actor = actor(ActorKind::Anonymous, None, address, &headers);
+    let actor = actor(ActorKind::Anonymous, None, address, headers);
     let command = Command::StartSession {
         account_id,
         session_id,
@@ -550,7 +603,8 @@ pub async fn sign_in(
         expires_at,
         user_agent: actor.user_agent.clone(),
         ip: actor.ip.clone(),
-        credential_version: u64::try_from(credential_version).unwrap_or_default(),
+        credential_version,
+        second_factor,
     };
     // A session token cannot be shown again, so sign-in has no idempotent retry.
     let executed = state
@@ -803,6 +857,10 @@ mod tests {
             rejection_problem(&Rejection::CredentialsChanged, Uuid::nil()),
             rejection_problem(&Rejection::SessionNotFound, Uuid::nil()),
             rejection_problem(&Rejection::IdempotencyKeyReused, Uuid::nil()),
+            rejection_problem(&Rejection::MfaAlreadyEnabled, Uuid::nil()),
+            rejection_problem(&Rejection::NoPendingEnrollment, Uuid::nil()),
+            rejection_problem(&Rejection::CodeAlreadyUsed, Uuid::nil()),
+            rejection_problem(&Rejection::MfaRequired, Uuid::nil()),
         ];
         let mut codes: Vec<&str> = problems
             .iter()

@@ -5,9 +5,11 @@ pub mod bus;
 pub mod decider;
 pub mod domain;
 pub mod http;
+pub mod mfa;
 pub mod password;
 pub mod processor;
 pub mod ratelimit;
+pub mod secrets;
 pub mod security;
 pub mod wire;
 
@@ -40,6 +42,8 @@ pub struct ServeConfig {
     pub rate_limits: ratelimit::RateLimitConfig,
     #[command(flatten)]
     pub sessions: accounts_platform::SessionConfig,
+    #[command(flatten)]
+    pub encryption: secrets::EncryptionConfig,
     /// Address the HTTP API listens on.
     #[arg(long, env = "COMMAND_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
@@ -96,6 +100,7 @@ pub async fn serve_api(
         progress: ProjectionProgress::start(pool.clone(), topics.events).await?,
         hasher: PasswordHasherPool::new(&config.hashing)?,
         sign_in_limits: ratelimit::SignInLimits::start(&config.rate_limits),
+        secrets: secrets::SecretBox::from_config(&config.encryption)?,
         auth: accounts_platform::SessionAuth::new(pool.clone(), &config.sessions),
         pool: pool.clone(),
         partitions: config.kafka.partitions,
@@ -104,10 +109,12 @@ pub async fn serve_api(
     };
     let mut openapi = CommandApi::openapi();
     openapi.merge(security::SecurityApi::openapi());
+    openapi.merge(mfa::MfaApi::openapi());
     openapi.merge(HealthApi::openapi());
     let app = accounts_platform::http::finish_api(
         http::routes(state.clone())
-            .merge(security::routes(state))
+            .merge(security::routes(state.clone()))
+            .merge(mfa::routes(state))
             .merge(health_routes(Readiness::new(pool, &config.kafka)?, openapi)),
     );
     let address = listener.local_addr()?;

@@ -79,6 +79,22 @@ pub enum Command {
         user_agent: Option<String>,
         ip: Option<String>,
         credential_version: u64,
+        /// The verified second factor, required while MFA is on.
+        #[serde(default)]
+        second_factor: Option<SecondFactor>,
+    },
+    /// Stores a new, unconfirmed TOTP secret, replacing any earlier unconfirmed one.
+    StartTotpEnrollment {
+        account_id: Uuid,
+        secret_ciphertext: String,
+    },
+    /// Confirms the pending TOTP secret with a code of `step`, verified outside the decider.
+    ConfirmTotp {
+        account_id: Uuid,
+        secret_ciphertext: String,
+        step: u64,
+        backup_code_hashes: Vec<String>,
+        credential_version: u64,
     },
     /// Ends sessions of the account. `current_session` is the caller's own.
     RevokeSessions {
@@ -94,6 +110,14 @@ pub enum Command {
         credential_version: u64,
         current_session: Uuid,
     },
+}
+
+/// A second factor checked outside the decider, which only makes sure it is used once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SecondFactor {
+    Totp { step: u64 },
+    BackupCode { index: usize },
 }
 
 /// Which sessions a revocation ends.
@@ -135,6 +159,14 @@ impl Command {
             } => {
                 serde_json::json!(["change_password", current_session, expected_version])
             }
+            Self::StartTotpEnrollment {
+                secret_ciphertext, ..
+            } => serde_json::json!(["start_totp_enrollment", secret_ciphertext]),
+            Self::ConfirmTotp {
+                secret_ciphertext,
+                step,
+                ..
+            } => serde_json::json!(["confirm_totp", secret_ciphertext, step]),
         };
         hex::encode(Sha256::digest(request.to_string().as_bytes()))
     }
@@ -147,6 +179,8 @@ impl Command {
             Self::StartSession { .. } => "start_session",
             Self::RevokeSessions { .. } => "revoke_sessions",
             Self::ChangePassword { .. } => "change_password",
+            Self::StartTotpEnrollment { .. } => "start_totp_enrollment",
+            Self::ConfirmTotp { .. } => "confirm_totp",
         }
     }
 }

@@ -99,6 +99,60 @@ pub async fn apply(
             .await?;
             bump_version(connection, account_id, version).await?;
         }
+        DomainEvent::TotpEnrollmentStarted(started) => {
+            let account_id = account_id(&meta.subject)?;
+            sqlx::query("UPDATE credentials SET totp_pending = $2, version = $3 WHERE account_id = $1 AND version < $3")
+                .bind(account_id)
+                .bind(&started.secret_ciphertext)
+                .bind(version)
+                .execute(&mut *connection)
+                .await?;
+            bump_version(connection, account_id, version).await?;
+        }
+        DomainEvent::TotpEnabled(enabled) => {
+            let account_id = account_id(&meta.subject)?;
+            sqlx::query(
+                "UPDATE credentials SET totp_pending = NULL, totp_secret = $2, backup_code_hashes = $3, \
+                 backup_codes_used = '{}', \
+                 last_totp_step = GREATEST(last_totp_step, $4), credential_version = $5, version = $6 \
+                 WHERE account_id = $1 AND version < $6",
+            )
+            .bind(account_id)
+            .bind(&enabled.secret_ciphertext)
+            .bind(&enabled.backup_code_hashes)
+            .bind(i64::try_from(enabled.confirmed_step).unwrap_or(i64::MAX))
+            .bind(i64::try_from(enabled.credential_version).unwrap_or(i64::MAX))
+            .bind(version)
+            .execute(&mut *connection)
+            .await?;
+            bump_version(connection, account_id, version).await?;
+        }
+        DomainEvent::TotpStepUsed(used) => {
+            let account_id = account_id(&meta.subject)?;
+            sqlx::query(
+                "UPDATE credentials SET last_totp_step = GREATEST(last_totp_step, $2), version = $3 \
+                 WHERE account_id = $1 AND version < $3",
+            )
+            .bind(account_id)
+            .bind(i64::try_from(used.step).unwrap_or(i64::MAX))
+            .bind(version)
+            .execute(&mut *connection)
+            .await?;
+            bump_version(connection, account_id, version).await?;
+        }
+        DomainEvent::BackupCodeUsed(used) => {
+            let account_id = account_id(&meta.subject)?;
+            sqlx::query(
+                "UPDATE credentials SET backup_codes_used = array_append(backup_codes_used, $2), version = $3 \
+                 WHERE account_id = $1 AND version < $3",
+            )
+            .bind(account_id)
+            .bind(i32::try_from(used.index).unwrap_or(i32::MAX))
+            .bind(version)
+            .execute(&mut *connection)
+            .await?;
+            bump_version(connection, account_id, version).await?;
+        }
         DomainEvent::EmailClaimed(_) => {}
     }
     Ok(())

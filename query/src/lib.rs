@@ -50,8 +50,15 @@ struct AppState {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "accounts-query", description = "Account settings: reads."),
-    paths(get_profile, list_industries, list_sessions),
-    components(schemas(Profile, IndustryOption, SessionView, ProblemDetails, FieldError))
+    paths(get_profile, list_industries, list_sessions, get_security),
+    components(schemas(
+        Profile,
+        IndustryOption,
+        SessionView,
+        SecuritySummary,
+        ProblemDetails,
+        FieldError
+    ))
 )]
 struct QueryApi;
 
@@ -74,6 +81,7 @@ pub async fn serve_api(
             .route("/v1/profile", get(get_profile))
             .route("/v1/industries", get(list_industries))
             .route("/v1/sessions", get(list_sessions))
+            .route("/v1/security", get(get_security))
             .with_state(state)
             .merge(health_routes(Readiness::new(pool, &config.kafka)?, openapi)),
     );
@@ -265,4 +273,41 @@ async fn list_sessions(
         session.current = session.session_id == caller.session_id;
     }
     Ok(Json(sessions))
+}
+
+/// The security settings of the signed-in account.
+#[derive(Serialize, ToSchema, sqlx::FromRow)]
+pub struct SecuritySummary {
+    pub mfa_enabled: bool,
+    pub backup_codes_remaining: i64,
+    pub password_changed_at: Option<DateTime<Utc>>,
+    pub email_verified: bool,
+}
+
+/// Returns whether MFA is on, how many backup codes are left and when the password changed.
+#[utoipa::path(get, path = "/v1/security", tag = "security", params(
+    ("X-Min-Position" = Option<String>, Header, description = "wait up to 2 s until the read models include this position"),
+), responses(
+    (status = 200, body = SecuritySummary), (status = 401, body = ProblemDetails), (status = 503, body = ProblemDetails),
+), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(account_id = tracing::field::Empty))]
+async fn get_security(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<SecuritySummary>, Problem> {
+    let caller = state.auth.authenticate(&headers).await?;
+    await_min_position(&state, &headers).await?;
+    tracing::Span::current().record("account_id", tracing::field::display(caller.account_id));
+
+    let summary: Option<SecuritySummary> = sqlx::query_as(
+        "SELECT c.totp_secret IS NOT NULL AS mfa_enabled, \
+         (cardinality(c.backup_code_hashes) - cardinality(c.backup_codes_used))::bigint AS backup_codes_remaining, \
+         c.password_changed_at, a.email_verified \
+         FROM credentials c JOIN accounts a USING (account_id) WHERE c.account_id = $1",
+    )
+    .bind(caller.account_id)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(|error| internal_error(&anyhow::Error::new(error).context("failed to load security settings")))?;
+    summary.map(Json).ok_or_else(Problem::unauthorized)
 }

@@ -21,6 +21,8 @@ use uuid::Uuid;
 
 pub const PARTITIONS: i32 = 6;
 pub const PASSWORD: &str = "Correct-Horse-9-battery";
+/// 32 fixed bytes, base64: the tests' AES-256-GCM key.
+const TEST_ENCRYPTION_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 pub struct TestApp {
     pub command_url: String,
@@ -119,6 +121,10 @@ async fn spawn_app_with(decider_count: usize) -> anyhow::Result<TestApp> {
             sign_in_per_account: 5,
         },
         sessions: accounts_platform::SessionConfig { idle_minutes: 30 },
+        encryption: accounts_command::secrets::EncryptionConfig {
+            keys: format!("test={TEST_ENCRYPTION_KEY}").into(),
+            active_key_id: "test".into(),
+        },
         addr: "127.0.0.1:0".parse()?,
         decider_workers: 0,
         session_ttl_hours: 24,

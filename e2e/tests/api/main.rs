@@ -6,6 +6,7 @@ mod concurrency;
 mod failover;
 mod fencing;
 mod helpers;
+mod mfa;
 mod projector;
 mod security;
 mod slice;

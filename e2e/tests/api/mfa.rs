@@ -1,0 +1,244 @@
+use std::process::Command;
+
+use base64::Engine as _;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{spawn_app, TestApp, User, PASSWORD};
+
+/// Returns the codes for the current and the next 30-second step, computed by oathtool
+/// (an independent RFC 6238 implementation) from the secret in `otpauth_uri`.
+fn oathtool_codes(otpauth_uri: &str) -> (String, String) {
+    let secret = otpauth_uri
+        .split(['?', '&'])
+        .find_map(|part| part.strip_prefix("secret="))
+        .expect("the otpauth URI has no secret");
+    let output = Command::new("oathtool")
+        .args(["--totp", "-b", "-w", "1", secret])
+        .output()
+        .expect("oathtool is not installed; deploy/local/packages installs it");
+    assert!(output.status.success(), "oathtool failed");
+    let text = String::from_utf8(output.stdout).unwrap();
+    let mut lines = text.lines().map(str::to_owned);
+    (lines.next().unwrap(), lines.next().unwrap())
+}
+
+async fn post(app: &TestApp, path: &str, token: Option<&str>, body: Value) -> reqwest::Response {
+    let mut request = app
+        .http
+        .post(format!("{}{path}", app.command_url))
+        .json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap()
+}
+
+/// Enrolls and confirms TOTP for `user`; returns the otpauth URI and the backup codes.
+async fn enable_mfa(app: &TestApp, user: &User) -> (String, Vec<String>) {
+    let enrollment = post(app, "/v1/mfa/totp", Some(&user.token), json!({})).await;
+    assert_eq!(enrollment.status(), StatusCode::OK);
+    let enrollment: Value = enrollment.json().await.unwrap();
+    let uri = enrollment["otpauth_uri"].as_str().unwrap().to_owned();
+    assert!(uri.starts_with("otpauth://totp/"), "{uri}");
+    assert!(uri.contains(&format!(
+        "secret={}",
+        enrollment["secret"].as_str().unwrap()
+    )));
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(enrollment["qr_png_base64"].as_str().unwrap())
+        .unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+
+    let wrong = post(
+        app,
+        "/v1/mfa/totp/confirm",
+        Some(&user.token),
+        json!({"code": "000000"}),
+    )
+    .await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+
+    let (current, _) = oathtool_codes(&uri);
+    let confirmed = post(
+        app,
+        "/v1/mfa/totp/confirm",
+        Some(&user.token),
+        json!({"code": current}),
+    )
+    .await;
+    assert_eq!(confirmed.status(), StatusCode::OK);
+    let codes: Vec<String> = confirmed.json::<Value>().await.unwrap()["backup_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|code| code.as_str().unwrap().to_owned())
+        .collect();
+    (uri, codes)
+}
+
+async fn mfa_token(app: &TestApp, user: &User) -> String {
+    let response = app.sign_in(&user.email, PASSWORD).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["code"], "mfa_required");
+    problem["mfa_token"].as_str().unwrap().to_owned()
+}
+
+async fn security(app: &TestApp, token: &str) -> Value {
+    app.http
+        .get(format!("{}/v1/security", app.query_url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn totp_code_signs_in_once() {
+    let app = spawn_app(1).await;
+    let user = app.new_user().await;
+    let (uri, _) = enable_mfa(&app, &user).await;
+    assert_eq!(security(&app, &user.token).await["mfa_enabled"], true);
+
+    let signed_out = app
+        .http
+        .delete(format!("{}/v1/sessions/current", app.command_url))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_out.status(), StatusCode::NO_CONTENT);
+    let token = mfa_token(&app, &user).await;
+
+    // The confirming code used up the current step, so sign in with the next one.
+    let (_, next) = oathtool_codes(&uri);
+    let body = json!({"mfa_token": token, "code": next});
+    let (first, second) = tokio::join!(
+        post(&app, "/v1/sessions/mfa", None, body.clone()),
+        post(&app, "/v1/sessions/mfa", None, body.clone())
+    );
+    let mut statuses = [first.status(), second.status()];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::CREATED, StatusCode::UNAUTHORIZED],
+        "racing uses of one code"
+    );
+    let loser = if first.status() == StatusCode::UNAUTHORIZED {
+        first
+    } else {
+        second
+    };
+    assert_eq!(
+        loser.json::<Value>().await.unwrap()["code"],
+        "code_already_used"
+    );
+
+    let again = post(&app, "/v1/sessions/mfa", None, body).await;
+    assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        again.json::<Value>().await.unwrap()["code"],
+        "code_already_used"
+    );
+
+    let wrong = post(
+        &app,
+        "/v1/sessions/mfa",
+        None,
+        json!({"mfa_token": mfa_token(&app, &user).await, "code": "123456"}),
+    )
+    .await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let forged = post(
+        &app,
+        "/v1/sessions/mfa",
+        None,
+        json!({"mfa_token": "v1:test:AAAA:BBBB", "code": "123456"}),
+    )
+    .await;
+    assert_eq!(
+        forged.json::<Value>().await.unwrap()["code"],
+        "invalid_mfa_token"
+    );
+
+    let secret = uri
+        .split("secret=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_owned();
+    let events = serde_json::to_string(
+        &app.committed_events()
+            .iter()
+            .map(|event| &event.value)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    assert!(
+        !events.contains(&secret),
+        "the TOTP secret is in the event log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_codes_work_once_each() {
+    let app = spawn_app(1).await;
+    let user = app.new_user().await;
+    let (_, codes) = enable_mfa(&app, &user).await;
+    assert_eq!(codes.len(), 10);
+    assert_eq!(
+        security(&app, &user.token).await["backup_codes_remaining"],
+        10
+    );
+
+    let first = json!({"mfa_token": mfa_token(&app, &user).await, "backup_code": codes[0]});
+    let session = post(&app, "/v1/sessions/mfa", None, first.clone()).await;
+    assert_eq!(session.status(), StatusCode::CREATED);
+    let new_token = session.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let reused = post(&app, "/v1/sessions/mfa", None, first).await;
+    assert_eq!(
+        reused.json::<Value>().await.unwrap()["code"],
+        "code_already_used"
+    );
+
+    let second =
+        json!({"mfa_token": mfa_token(&app, &user).await, "backup_code": codes[1].to_lowercase()});
+    let (left, right) = tokio::join!(
+        post(&app, "/v1/sessions/mfa", None, second.clone()),
+        post(&app, "/v1/sessions/mfa", None, second)
+    );
+    let mut statuses = [left.status(), right.status()];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::CREATED, StatusCode::UNAUTHORIZED],
+        "racing uses of one backup code"
+    );
+
+    assert_eq!(
+        security(&app, &new_token).await["backup_codes_remaining"],
+        8
+    );
+    let events = serde_json::to_string(
+        &app.committed_events()
+            .iter()
+            .map(|event| &event.value)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    for code in &codes {
+        assert!(
+            !events.contains(code.as_str()),
+            "a backup code is in the event log"
+        );
+    }
+}
