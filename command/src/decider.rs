@@ -3,8 +3,8 @@
 
 use accounts_events::{
     AccountRegistered, AccountState, BackupCodeUsed, DomainEvent, EmailClaimState, EmailClaimed,
-    PasswordChanged, ProfileUpdated, SessionStarted, SessionsRevoked, TotpEnabled,
-    TotpEnrollmentStarted, TotpStepUsed,
+    PasswordChanged, ProfileUpdated, SecondFactorFailed, SessionStarted, SessionsRevoked,
+    TotpEnabled, TotpEnrollmentStarted, TotpStepUsed,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,8 @@ pub enum Rejection {
     CodeAlreadyUsed,
     #[error("sign-in needs a second factor")]
     MfaRequired,
+    #[error("the second factor is locked until {until} after repeated wrong codes")]
+    FactorLocked { until: DateTime<Utc> },
     #[error("the idempotency key was used before for another request")]
     IdempotencyKeyReused,
     #[error("the session does not exist or has ended")]
@@ -133,6 +135,11 @@ pub fn decide(
             let (factor_event, method) = match (account.mfa_enabled(), second_factor) {
                 (false, _) => (None, "password"),
                 (true, None) => return Err(Rejection::MfaRequired),
+                (true, Some(_)) if account.factor_locked_until.is_some_and(|until| until > now) => {
+                    return Err(Rejection::FactorLocked {
+                        until: account.factor_locked_until.unwrap_or(now),
+                    })
+                }
                 (true, Some(SecondFactor::Totp { step })) => {
                     if *step <= account.last_totp_step {
                         return Err(Rejection::CodeAlreadyUsed);
@@ -215,6 +222,34 @@ pub fn decide(
         }
         (
             Target::Account(account),
+            Command::RecordSecondFactorFailure {
+                lock_after,
+                base_lock_seconds,
+                ..
+            },
+        ) => {
+            require_version(account, expected_version)?;
+            if !account.mfa_enabled() {
+                return Ok(vec![]);
+            }
+            let failures = account.factor_failures.saturating_add(1);
+            let locked_until = (failures >= *lock_after).then(|| {
+                let doublings = (failures - lock_after).min(16);
+                let seconds = base_lock_seconds
+                    .saturating_mul(1 << doublings)
+                    .min(MAX_LOCK_SECONDS);
+                now + chrono::Duration::seconds(i64::try_from(seconds).unwrap_or(i64::MAX))
+            });
+            Ok(vec![(
+                EventTarget::Account,
+                DomainEvent::SecondFactorFailed(SecondFactorFailed {
+                    failures,
+                    locked_until,
+                }),
+            )])
+        }
+        (
+            Target::Account(account),
             Command::StartTotpEnrollment {
                 secret_ciphertext, ..
             },
@@ -266,6 +301,9 @@ pub fn decide(
         _ => Err(Rejection::Misaddressed),
     }
 }
+
+/// Longest second-factor lock, however many failures came before.
+const MAX_LOCK_SECONDS: u64 = 3600;
 
 /// Returns the ids of the sessions active at `now`, leaving out `except`.
 fn active_sessions(account: &AccountState, now: DateTime<Utc>, except: Option<Uuid>) -> Vec<Uuid> {
@@ -372,7 +410,8 @@ pub fn account_of(command: &Command) -> Uuid {
         | Command::RevokeSessions { account_id, .. }
         | Command::ChangePassword { account_id, .. }
         | Command::StartTotpEnrollment { account_id, .. }
-        | Command::ConfirmTotp { account_id, .. } => *account_id,
+        | Command::ConfirmTotp { account_id, .. }
+        | Command::RecordSecondFactorFailure { account_id, .. } => *account_id,
     }
 }
 
@@ -881,5 +920,46 @@ mod tests {
         assert!(
             matches!(&events[0].1, DomainEvent::TotpEnabled(enabled) if enabled.credential_version == 2)
         );
+    }
+
+    #[test]
+    fn lock_starts_at_threshold_and_doubles() {
+        let mut state = given(&[registered(), totp_enabled(100)]);
+        let record = Command::RecordSecondFactorFailure {
+            account_id: Uuid::nil(),
+            lock_after: 3,
+            base_lock_seconds: 30,
+        };
+        let mut locks = Vec::new();
+        for _ in 0..5 {
+            let events = decide(Target::Account(&state), &record, None, now()).unwrap();
+            let [(_, DomainEvent::SecondFactorFailed(failed))] = events.as_slice() else {
+                panic!("unexpected events {events:?}");
+            };
+            locks.push(
+                failed
+                    .locked_until
+                    .map(|until| (until - now()).num_seconds()),
+            );
+            state.factor_failures = failed.failures;
+            state.factor_locked_until = failed.locked_until;
+        }
+        assert_eq!(locks, vec![None, None, Some(30), Some(60), Some(120)]);
+
+        let locked = decide(
+            Target::Account(&state),
+            &mfa_session(SecondFactor::Totp { step: 101 }),
+            None,
+            now(),
+        );
+        assert!(matches!(locked, Err(Rejection::FactorLocked { .. })));
+        let after = now() + chrono::Duration::seconds(121);
+        assert!(decide(
+            Target::Account(&state),
+            &mfa_session(SecondFactor::Totp { step: 101 }),
+            None,
+            after
+        )
+        .is_ok());
     }
 }

@@ -49,6 +49,10 @@ pub struct AppState {
     pub progress: ProjectionProgress,
     pub hasher: PasswordHasherPool,
     pub sign_in_limits: crate::ratelimit::SignInLimits,
+    /// Wrong second-factor codes in a row that lock the factor.
+    pub mfa_lock_after: u32,
+    /// The first lock's length in seconds; each further wrong code doubles it.
+    pub mfa_lock_base_seconds: u64,
     /// Encrypts TOTP secrets and MFA tokens; `None` when no key is configured.
     pub secrets: Option<crate::secrets::SecretBox>,
     pub partitions: i32,
@@ -347,6 +351,7 @@ pub(crate) fn rejection_problem(rejection: &Rejection, command_id: Uuid) -> Prob
             "code_already_used",
             "this code was already used; wait for the next code of your authenticator app",
         ),
+        Rejection::FactorLocked { until } => factor_locked(*until),
         Rejection::MfaRequired => Problem::new(
             StatusCode::UNAUTHORIZED,
             "mfa_required",
@@ -361,6 +366,18 @@ pub(crate) fn rejection_problem(rejection: &Rejection, command_id: Uuid) -> Prob
             internal_error(&anyhow::anyhow!("command {command_id} rejected by the decider: {rejection}"))
         }
     }
+}
+
+/// Returns the 429 of a second factor locked until `until`.
+pub(crate) fn factor_locked(until: chrono::DateTime<Utc>) -> Problem {
+    let milliseconds = u64::try_from((until - Utc::now()).num_milliseconds().max(1)).unwrap_or(1);
+    let seconds = milliseconds.div_ceil(1000);
+    Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "factor_locked",
+        format!("too many wrong codes; try again in {seconds} s"),
+    )
+    .with_retry_after(seconds)
 }
 
 pub(crate) fn invalid_credentials() -> Problem {
@@ -861,6 +878,7 @@ mod tests {
             rejection_problem(&Rejection::NoPendingEnrollment, Uuid::nil()),
             rejection_problem(&Rejection::CodeAlreadyUsed, Uuid::nil()),
             rejection_problem(&Rejection::MfaRequired, Uuid::nil()),
+            rejection_problem(&Rejection::FactorLocked { until: Utc::now() }, Uuid::nil()),
         ];
         let mut codes: Vec<&str> = problems
             .iter()

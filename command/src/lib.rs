@@ -44,6 +44,12 @@ pub struct ServeConfig {
     pub sessions: accounts_platform::SessionConfig,
     #[command(flatten)]
     pub encryption: secrets::EncryptionConfig,
+    /// Wrong second-factor codes in a row after which the factor locks.
+    #[arg(long, env = "MFA_LOCK_AFTER", default_value_t = 5)]
+    pub mfa_lock_after: u32,
+    /// Seconds of the first second-factor lock; each further wrong code doubles it, up to an hour.
+    #[arg(long, env = "MFA_LOCK_BASE_SECONDS", default_value_t = 30)]
+    pub mfa_lock_base_seconds: u64,
     /// Address the HTTP API listens on.
     #[arg(long, env = "COMMAND_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
@@ -101,6 +107,8 @@ pub async fn serve_api(
         hasher: PasswordHasherPool::new(&config.hashing)?,
         sign_in_limits: ratelimit::SignInLimits::start(&config.rate_limits),
         secrets: secrets::SecretBox::from_config(&config.encryption)?,
+        mfa_lock_after: config.mfa_lock_after.max(1),
+        mfa_lock_base_seconds: config.mfa_lock_base_seconds.max(1),
         auth: accounts_platform::SessionAuth::new(pool.clone(), &config.sessions),
         pool: pool.clone(),
         partitions: config.kafka.partitions,

@@ -26,7 +26,7 @@ use totp_rs::{Algorithm, TOTP};
 use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
-use crate::http::{accepted_status, actor, open_session, read_json, AppState};
+use crate::http::{accepted_status, actor, factor_locked, open_session, read_json, AppState};
 use crate::secrets::SecretBox;
 use crate::wire::{Command, SecondFactor};
 
@@ -142,11 +142,12 @@ struct FactorRow {
     totp_pending: Option<String>,
     totp_secret: Option<String>,
     backup_code_hashes: Vec<String>,
+    mfa_locked_until: Option<chrono::DateTime<Utc>>,
 }
 
 async fn load_factors(state: &AppState, account_id: Uuid) -> Result<FactorRow, Problem> {
     sqlx::query_as(
-        "SELECT a.email, c.credential_version, c.totp_pending, c.totp_secret, c.backup_code_hashes \
+        "SELECT a.email, c.credential_version, c.totp_pending, c.totp_secret, c.backup_code_hashes, c.mfa_locked_until \
          FROM credentials c JOIN accounts a USING (account_id) WHERE c.account_id = $1",
     )
     .bind(account_id)
@@ -339,6 +340,41 @@ pub struct SecondFactorRequest {
     pub backup_code: Option<String>,
 }
 
+/// Records a wrong code as an event, so that every instance counts it, and returns 401
+/// `invalid_code`, or 429 `factor_locked` when this failure locked the factor.
+async fn record_failure(
+    state: &AppState,
+    account_id: Uuid,
+    address: SocketAddr,
+    headers: &HeaderMap,
+) -> Problem {
+    let command = Command::RecordSecondFactorFailure {
+        account_id,
+        lock_after: state.mfa_lock_after,
+        base_lock_seconds: state.mfa_lock_base_seconds,
+    };
+    let actor = actor(ActorKind::Anonymous, None, address, headers);
+    if let Err(problem) = state
+        .execute(
+            AggregateId::Account(account_id),
+            Uuid::now_v7(),
+            None,
+            actor,
+            command,
+        )
+        .await
+    {
+        return problem;
+    }
+    match load_factors(state, account_id).await {
+        Ok(factors) => match factors.mfa_locked_until.filter(|until| *until > Utc::now()) {
+            Some(until) => factor_locked(until),
+            None => invalid_code(),
+        },
+        Err(problem) => problem,
+    }
+}
+
 fn invalid_mfa_token() -> Problem {
     Problem::new(
         StatusCode::UNAUTHORIZED,
@@ -372,9 +408,13 @@ pub async fn sign_in_with_second_factor(
     tracing::Span::current().record("account_id", tracing::field::display(account_id));
     state
         .sign_in_limits
-        .check(address.ip(), &format!("mfa:{account_id}"))?;
+        // Per account, wrong codes lock the factor (below); this limits one address.
+        .check_ip(address.ip())?;
 
     let factors = load_factors(&state, account_id).await?;
+    if let Some(until) = factors.mfa_locked_until.filter(|until| *until > Utc::now()) {
+        return Err(factor_locked(until));
+    }
     if u64::try_from(factors.credential_version).ok() != Some(claims.credential_version) {
         return Err(invalid_mfa_token());
     }
@@ -386,9 +426,10 @@ pub async fn sign_in_with_second_factor(
             let secret = secrets
                 .open(&sealed_secret, &account_id.to_string())
                 .map_err(|error| internal_error(&error))?;
-            let step = matching_step(&totp(secret, &factors.email)?, code.trim(), unix_now())
-                .ok_or_else(invalid_code)?;
-            SecondFactor::Totp { step }
+            match matching_step(&totp(secret, &factors.email)?, code.trim(), unix_now()) {
+                Some(step) => SecondFactor::Totp { step },
+                None => return Err(record_failure(&state, account_id, address, &headers).await),
+            }
         }
         (None, Some(backup_code)) => {
             let hash = hash_backup_code(backup_code);
@@ -396,9 +437,11 @@ pub async fn sign_in_with_second_factor(
                 .backup_code_hashes
                 .iter()
                 // A used code still matches here; the decider answers code_already_used.
-                .position(|stored| bool::from(stored.as_bytes().ct_eq(hash.as_bytes())))
-                .ok_or_else(invalid_code)?;
-            SecondFactor::BackupCode { index }
+                .position(|stored| bool::from(stored.as_bytes().ct_eq(hash.as_bytes())));
+            match index {
+                Some(index) => SecondFactor::BackupCode { index },
+                None => return Err(record_failure(&state, account_id, address, &headers).await),
+            }
         }
         _ => {
             return Err(Problem::validation(vec![accounts_platform::FieldError {

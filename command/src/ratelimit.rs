@@ -60,6 +60,15 @@ impl SignInLimits {
         limits
     }
 
+    /// Counts one attempt from `ip` alone, or returns 429 with the seconds to wait.
+    pub fn check_ip(&self, ip: IpAddr) -> Result<(), Problem> {
+        let now = DefaultClock::default().now();
+        match self.per_ip.check_key(&ip) {
+            Ok(()) => Ok(()),
+            Err(not_until) => Err(limited(not_until.wait_time_from(now))),
+        }
+    }
+
     /// Counts one sign-in attempt, or returns 429 with the seconds to wait.
     pub fn check(&self, ip: IpAddr, email_normalized: &str) -> Result<(), Problem> {
         let now = DefaultClock::default().now();
@@ -70,14 +79,18 @@ impl SignInLimits {
             (Ok(()), Ok(())) => return Ok(()),
             (Err(not_until), _) | (_, Err(not_until)) => not_until.wait_time_from(now),
         };
-        metrics::counter!("sign_in_rate_limited_total").increment(1);
-        let seconds = wait.as_secs().max(1);
-        let mut problem = Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("too many sign-in attempts; retry in {seconds} s"),
-        );
-        problem = problem.with_extension("retry_after_seconds", seconds.into());
-        Err(problem.with_retry_after(seconds))
+        Err(limited(wait))
     }
+}
+
+fn limited(wait: Duration) -> Problem {
+    metrics::counter!("sign_in_rate_limited_total").increment(1);
+    let seconds = wait.as_secs().max(1);
+    let mut problem = Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("too many sign-in attempts; retry in {seconds} s"),
+    );
+    problem = problem.with_extension("retry_after_seconds", seconds.into());
+    problem.with_retry_after(seconds)
 }

@@ -88,6 +88,13 @@ pub enum Command {
         account_id: Uuid,
         secret_ciphertext: String,
     },
+    /// Counts a wrong second-factor code; from `lock_after` failures on, the factor locks for
+    /// `base_lock_seconds`, doubled with each further failure.
+    RecordSecondFactorFailure {
+        account_id: Uuid,
+        lock_after: u32,
+        base_lock_seconds: u64,
+    },
     /// Confirms the pending TOTP secret with a code of `step`, verified outside the decider.
     ConfirmTotp {
         account_id: Uuid,
@@ -167,6 +174,9 @@ impl Command {
                 step,
                 ..
             } => serde_json::json!(["confirm_totp", secret_ciphertext, step]),
+            Self::RecordSecondFactorFailure { .. } => {
+                serde_json::json!(["record_second_factor_failure"])
+            }
         };
         hex::encode(Sha256::digest(request.to_string().as_bytes()))
     }
@@ -181,6 +191,7 @@ impl Command {
             Self::ChangePassword { .. } => "change_password",
             Self::StartTotpEnrollment { .. } => "start_totp_enrollment",
             Self::ConfirmTotp { .. } => "confirm_totp",
+            Self::RecordSecondFactorFailure { .. } => "record_second_factor_failure",
         }
     }
 }

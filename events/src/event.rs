@@ -20,6 +20,7 @@ pub enum DomainEvent {
     TotpEnabled(TotpEnabled),
     TotpStepUsed(TotpStepUsed),
     BackupCodeUsed(BackupCodeUsed),
+    SecondFactorFailed(SecondFactorFailed),
     EmailClaimed(EmailClaimed),
 }
 
@@ -146,6 +147,16 @@ pub struct BackupCodeUsed {
     pub index: usize,
 }
 
+/// A wrong TOTP or backup code was entered at sign-in. From a threshold on, the factor is
+/// locked until `locked_until`, for a delay that doubles with each further failure.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecondFactorFailed {
+    /// Consecutive failures, this one included.
+    pub failures: u32,
+    pub locked_until: Option<DateTime<Utc>>,
+}
+
 macro_rules! redacted_debug {
     ($($type:ident),*) => {$(
         impl std::fmt::Debug for $type {
@@ -188,6 +199,7 @@ impl DomainEvent {
     pub const TOTP_ENABLED: &'static str = "accounts.TotpEnabled";
     pub const TOTP_STEP_USED: &'static str = "accounts.TotpStepUsed";
     pub const BACKUP_CODE_USED: &'static str = "accounts.BackupCodeUsed";
+    pub const SECOND_FACTOR_FAILED: &'static str = "accounts.SecondFactorFailed";
     pub const EMAIL_CLAIMED: &'static str = "accounts.EmailClaimed";
 
     /// Returns the CloudEvents `type` of this event.
@@ -202,6 +214,7 @@ impl DomainEvent {
             Self::TotpEnabled(_) => Self::TOTP_ENABLED,
             Self::TotpStepUsed(_) => Self::TOTP_STEP_USED,
             Self::BackupCodeUsed(_) => Self::BACKUP_CODE_USED,
+            Self::SecondFactorFailed(_) => Self::SECOND_FACTOR_FAILED,
             Self::EmailClaimed(_) => Self::EMAIL_CLAIMED,
         }
     }
@@ -224,6 +237,7 @@ impl DomainEvent {
                 | Self::TOTP_ENABLED
                 | Self::TOTP_STEP_USED
                 | Self::BACKUP_CODE_USED
+                | Self::SECOND_FACTOR_FAILED
                 | Self::EMAIL_CLAIMED
         )
     }
@@ -240,6 +254,7 @@ impl DomainEvent {
             Self::TotpEnabled(payload) => serde_json::to_value(payload),
             Self::TotpStepUsed(payload) => serde_json::to_value(payload),
             Self::BackupCodeUsed(payload) => serde_json::to_value(payload),
+            Self::SecondFactorFailed(payload) => serde_json::to_value(payload),
             Self::EmailClaimed(payload) => serde_json::to_value(payload),
         }
     }
@@ -289,6 +304,9 @@ impl DomainEvent {
             }
             Self::BACKUP_CODE_USED => {
                 Self::BackupCodeUsed(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::SECOND_FACTOR_FAILED => {
+                Self::SecondFactorFailed(serde_json::from_value(data).map_err(invalid)?)
             }
             Self::EMAIL_CLAIMED => {
                 Self::EmailClaimed(serde_json::from_value(data).map_err(invalid)?)

@@ -16,7 +16,8 @@ pub use envelope::{
 };
 pub use event::{
     AccountRegistered, BackupCodeUsed, DomainEvent, EmailClaimed, PasswordChanged, ProfileUpdated,
-    SessionStarted, SessionsRevoked, TotpEnabled, TotpEnrollmentStarted, TotpStepUsed,
+    SecondFactorFailed, SessionStarted, SessionsRevoked, TotpEnabled, TotpEnrollmentStarted,
+    TotpStepUsed,
 };
 pub use industry::INDUSTRIES;
 pub use state::{AccountState, EmailClaimState, SessionState};

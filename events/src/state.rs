@@ -37,6 +37,9 @@ pub struct AccountState {
     pub last_totp_step: u64,
     /// Hashes of the backup codes, `None` for a used one.
     pub backup_codes: Vec<Option<String>>,
+    /// Wrong second-factor codes in a row since the last accepted one.
+    pub factor_failures: u32,
+    pub factor_locked_until: Option<DateTime<Utc>>,
     pub registered_at: Option<DateTime<Utc>>,
     pub updated_at: Option<DateTime<Utc>>,
     /// The sequence number of the last event applied.
@@ -131,14 +134,24 @@ impl AccountState {
                     .map(Some)
                     .collect();
                 self.credential_version = enabled.credential_version;
+                self.factor_failures = 0;
+                self.factor_locked_until = None;
             }
             DomainEvent::TotpStepUsed(used) => {
                 self.last_totp_step = self.last_totp_step.max(used.step);
+                self.factor_failures = 0;
+                self.factor_locked_until = None;
             }
             DomainEvent::BackupCodeUsed(used) => {
                 if let Some(code) = self.backup_codes.get_mut(used.index) {
                     *code = None;
                 }
+                self.factor_failures = 0;
+                self.factor_locked_until = None;
+            }
+            DomainEvent::SecondFactorFailed(failed) => {
+                self.factor_failures = failed.failures;
+                self.factor_locked_until = failed.locked_until;
             }
             DomainEvent::EmailClaimed(_) => {}
         }

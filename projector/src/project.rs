@@ -113,7 +113,7 @@ pub async fn apply(
             let account_id = account_id(&meta.subject)?;
             sqlx::query(
                 "UPDATE credentials SET totp_pending = NULL, totp_secret = $2, backup_code_hashes = $3, \
-                 backup_codes_used = '{}', \
+                 backup_codes_used = '{}', mfa_failures = 0, mfa_locked_until = NULL, \
                  last_totp_step = GREATEST(last_totp_step, $4), credential_version = $5, version = $6 \
                  WHERE account_id = $1 AND version < $6",
             )
@@ -130,7 +130,8 @@ pub async fn apply(
         DomainEvent::TotpStepUsed(used) => {
             let account_id = account_id(&meta.subject)?;
             sqlx::query(
-                "UPDATE credentials SET last_totp_step = GREATEST(last_totp_step, $2), version = $3 \
+                "UPDATE credentials SET last_totp_step = GREATEST(last_totp_step, $2), \
+                 mfa_failures = 0, mfa_locked_until = NULL, version = $3 \
                  WHERE account_id = $1 AND version < $3",
             )
             .bind(account_id)
@@ -143,11 +144,26 @@ pub async fn apply(
         DomainEvent::BackupCodeUsed(used) => {
             let account_id = account_id(&meta.subject)?;
             sqlx::query(
-                "UPDATE credentials SET backup_codes_used = array_append(backup_codes_used, $2), version = $3 \
+                "UPDATE credentials SET backup_codes_used = array_append(backup_codes_used, $2), \
+                 mfa_failures = 0, mfa_locked_until = NULL, version = $3 \
                  WHERE account_id = $1 AND version < $3",
             )
             .bind(account_id)
             .bind(i32::try_from(used.index).unwrap_or(i32::MAX))
+            .bind(version)
+            .execute(&mut *connection)
+            .await?;
+            bump_version(connection, account_id, version).await?;
+        }
+        DomainEvent::SecondFactorFailed(failed) => {
+            let account_id = account_id(&meta.subject)?;
+            sqlx::query(
+                "UPDATE credentials SET mfa_failures = $2, mfa_locked_until = $3, version = $4 \
+                 WHERE account_id = $1 AND version < $4",
+            )
+            .bind(account_id)
+            .bind(i32::try_from(failed.failures).unwrap_or(i32::MAX))
+            .bind(failed.locked_until)
             .bind(version)
             .execute(&mut *connection)
             .await?;

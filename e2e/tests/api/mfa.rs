@@ -242,3 +242,72 @@ async fn backup_codes_work_once_each() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_codes_lock_the_factor_longer_each_time() {
+    let app = spawn_app(1).await;
+    let user = app.new_user().await;
+    let (uri, _) = enable_mfa(&app, &user).await;
+    let token = mfa_token(&app, &user).await;
+    let wrong = json!({"mfa_token": token, "code": "000000"});
+
+    // The test stack locks after 3 wrong codes, for 1 s, doubled with each further one.
+    for attempt in 0..2 {
+        let response = post(&app, "/v1/sessions/mfa", None, wrong.clone()).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "attempt {attempt}"
+        );
+        assert_eq!(
+            response.json::<Value>().await.unwrap()["code"],
+            "invalid_code"
+        );
+    }
+    let mut delays = Vec::new();
+    for _ in 0..3 {
+        let locked = post(&app, "/v1/sessions/mfa", None, wrong.clone()).await;
+        assert_eq!(locked.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry_after: u64 = locked.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            locked.json::<Value>().await.unwrap()["code"],
+            "factor_locked"
+        );
+
+        // While locked, even a right code is refused.
+        let (_, next) = oathtool_codes(&uri);
+        let refused = post(
+            &app,
+            "/v1/sessions/mfa",
+            None,
+            json!({"mfa_token": token, "code": next}),
+        )
+        .await;
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+
+        delays.push(retry_after);
+        tokio::time::sleep(std::time::Duration::from_millis(retry_after * 1000 + 200)).await;
+    }
+    assert_eq!(delays, vec![1, 2, 4]);
+
+    let (_, next) = oathtool_codes(&uri);
+    let accepted = post(
+        &app,
+        "/v1/sessions/mfa",
+        None,
+        json!({"mfa_token": token, "code": next}),
+    )
+    .await;
+    assert_eq!(accepted.status(), StatusCode::CREATED);
+    let failures: Vec<u64> = app
+        .committed_events()
+        .iter()
+        .filter(|event| event.event_type() == "accounts.SecondFactorFailed")
+        .map(|event| event.value["data"]["failures"].as_u64().unwrap())
+        .collect();
+    assert_eq!(failures, vec![1, 2, 3, 4, 5]);
+}
