@@ -2,9 +2,10 @@
 //! rejection. It is pure: no I/O, and the time comes in as a parameter.
 
 use accounts_events::{
-    AccountRegistered, AccountState, BackupCodeUsed, DomainEvent, EmailClaimState, EmailClaimed,
-    PasswordChanged, ProfileUpdated, SecondFactorFailed, SessionStarted, SessionsRevoked,
-    TotpEnabled, TotpEnrollmentStarted, TotpStepUsed,
+    AccountRegistered, AccountState, BackupCodeUsed, BackupCodesRegenerated, DomainEvent,
+    EmailClaimState, EmailClaimed, PasswordChanged, ProfileUpdated, SecondFactorFailed,
+    SessionStarted, SessionsRevoked, TotpDisabled, TotpEnabled, TotpEnrollmentStarted,
+    TotpStepUsed,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,8 @@ pub enum Rejection {
     CodeAlreadyUsed,
     #[error("sign-in needs a second factor")]
     MfaRequired,
+    #[error("two-factor authentication is off")]
+    MfaNotEnabled,
     #[error("the second factor is locked until {until} after repeated wrong codes")]
     FactorLocked { until: DateTime<Utc> },
     #[error("the idempotency key was used before for another request")]
@@ -135,25 +138,14 @@ pub fn decide(
             let (factor_event, method) = match (account.mfa_enabled(), second_factor) {
                 (false, _) => (None, "password"),
                 (true, None) => return Err(Rejection::MfaRequired),
-                (true, Some(_)) if account.factor_locked_until.is_some_and(|until| until > now) => {
-                    return Err(Rejection::FactorLocked {
-                        until: account.factor_locked_until.unwrap_or(now),
-                    })
-                }
-                (true, Some(SecondFactor::Totp { step })) => {
-                    if *step <= account.last_totp_step {
-                        return Err(Rejection::CodeAlreadyUsed);
-                    }
-                    let used = DomainEvent::TotpStepUsed(TotpStepUsed { step: *step });
-                    (Some(used), "password+totp")
-                }
-                (true, Some(SecondFactor::BackupCode { index })) => {
-                    if !matches!(account.backup_codes.get(*index), Some(Some(_))) {
-                        return Err(Rejection::CodeAlreadyUsed);
-                    }
-                    let used = DomainEvent::BackupCodeUsed(BackupCodeUsed { index: *index });
-                    (Some(used), "password+backup_code")
-                }
+                (true, Some(factor @ SecondFactor::Totp { .. })) => (
+                    Some(use_second_factor(account, *factor, now)?),
+                    "password+totp",
+                ),
+                (true, Some(factor @ SecondFactor::BackupCode { .. })) => (
+                    Some(use_second_factor(account, *factor, now)?),
+                    "password+backup_code",
+                ),
             };
             let started = DomainEvent::SessionStarted(SessionStarted {
                 session_id: *session_id,
@@ -219,6 +211,51 @@ pub fn decide(
             Ok(std::iter::once((EventTarget::Account, changed))
                 .chain(revoke(others, "password_changed"))
                 .collect())
+        }
+        (
+            Target::Account(account),
+            Command::DisableTotp {
+                second_factor,
+                credential_version,
+                ..
+            },
+        ) => {
+            require_version(account, expected_version)?;
+            if !account.mfa_enabled() {
+                return Err(Rejection::MfaNotEnabled);
+            }
+            if account.credential_version != *credential_version {
+                return Err(Rejection::CredentialsChanged);
+            }
+            let used = use_second_factor(account, *second_factor, now)?;
+            let disabled = DomainEvent::TotpDisabled(TotpDisabled {
+                credential_version: credential_version + 1,
+            });
+            Ok(vec![
+                (EventTarget::Account, used),
+                (EventTarget::Account, disabled),
+            ])
+        }
+        (
+            Target::Account(account),
+            Command::RegenerateBackupCodes {
+                step,
+                backup_code_hashes,
+                ..
+            },
+        ) => {
+            require_version(account, expected_version)?;
+            if !account.mfa_enabled() {
+                return Err(Rejection::MfaNotEnabled);
+            }
+            let used = use_second_factor(account, SecondFactor::Totp { step: *step }, now)?;
+            let regenerated = DomainEvent::BackupCodesRegenerated(BackupCodesRegenerated {
+                backup_code_hashes: backup_code_hashes.clone(),
+            });
+            Ok(vec![
+                (EventTarget::Account, used),
+                (EventTarget::Account, regenerated),
+            ])
         }
         (
             Target::Account(account),
@@ -299,6 +336,29 @@ pub fn decide(
             )])
         }
         _ => Err(Rejection::Misaddressed),
+    }
+}
+
+/// Returns the event that uses up `factor`, or why it cannot be used: the factor is locked,
+/// or the code's step or the backup code was used before.
+fn use_second_factor(
+    account: &AccountState,
+    factor: SecondFactor,
+    now: DateTime<Utc>,
+) -> Result<DomainEvent, Rejection> {
+    if let Some(until) = account.factor_locked_until.filter(|until| *until > now) {
+        return Err(Rejection::FactorLocked { until });
+    }
+    match factor {
+        SecondFactor::Totp { step } if step > account.last_totp_step => {
+            Ok(DomainEvent::TotpStepUsed(TotpStepUsed { step }))
+        }
+        SecondFactor::BackupCode { index }
+            if matches!(account.backup_codes.get(index), Some(Some(_))) =>
+        {
+            Ok(DomainEvent::BackupCodeUsed(BackupCodeUsed { index }))
+        }
+        _ => Err(Rejection::CodeAlreadyUsed),
     }
 }
 
@@ -411,7 +471,9 @@ pub fn account_of(command: &Command) -> Uuid {
         | Command::ChangePassword { account_id, .. }
         | Command::StartTotpEnrollment { account_id, .. }
         | Command::ConfirmTotp { account_id, .. }
-        | Command::RecordSecondFactorFailure { account_id, .. } => *account_id,
+        | Command::RecordSecondFactorFailure { account_id, .. }
+        | Command::DisableTotp { account_id, .. }
+        | Command::RegenerateBackupCodes { account_id, .. } => *account_id,
     }
 }
 

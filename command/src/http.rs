@@ -352,6 +352,11 @@ pub(crate) fn rejection_problem(rejection: &Rejection, command_id: Uuid) -> Prob
             "this code was already used; wait for the next code of your authenticator app",
         ),
         Rejection::FactorLocked { until } => factor_locked(*until),
+        Rejection::MfaNotEnabled => Problem::new(
+            StatusCode::CONFLICT,
+            "mfa_not_enabled",
+            "two-factor authentication is off; turn it on with POST /v1/mfa/totp",
+        ),
         Rejection::MfaRequired => Problem::new(
             StatusCode::UNAUTHORIZED,
             "mfa_required",
@@ -878,6 +883,7 @@ mod tests {
             rejection_problem(&Rejection::NoPendingEnrollment, Uuid::nil()),
             rejection_problem(&Rejection::CodeAlreadyUsed, Uuid::nil()),
             rejection_problem(&Rejection::MfaRequired, Uuid::nil()),
+            rejection_problem(&Rejection::MfaNotEnabled, Uuid::nil()),
             rejection_problem(&Rejection::FactorLocked { until: Utc::now() }, Uuid::nil()),
         ];
         let mut codes: Vec<&str> = problems

@@ -46,15 +46,28 @@ const MFA_TOKEN_CONTEXT: &str = "mfa_token";
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(start_enrollment, confirm_enrollment, sign_in_with_second_factor),
-    components(schemas(Enrollment, CodeRequest, BackupCodes, SecondFactorRequest))
+    paths(
+        start_enrollment,
+        confirm_enrollment,
+        sign_in_with_second_factor,
+        disable,
+        regenerate_backup_codes
+    ),
+    components(schemas(
+        Enrollment,
+        CodeRequest,
+        BackupCodes,
+        SecondFactorRequest,
+        FactorRequest
+    ))
 )]
 pub struct MfaApi;
 
 /// Returns the routes of this module.
 pub fn routes(state: AppState) -> Router {
     Router::new()
-        .route("/v1/mfa/totp", post(start_enrollment))
+        .route("/v1/mfa/totp", post(start_enrollment).delete(disable))
+        .route("/v1/mfa/backup-codes", post(regenerate_backup_codes))
         .route("/v1/mfa/totp/confirm", post(confirm_enrollment))
         .route("/v1/sessions/mfa", post(sign_in_with_second_factor))
         .with_state(state)
@@ -412,45 +425,18 @@ pub async fn sign_in_with_second_factor(
         .check_ip(address.ip())?;
 
     let factors = load_factors(&state, account_id).await?;
-    if let Some(until) = factors.mfa_locked_until.filter(|until| *until > Utc::now()) {
-        return Err(factor_locked(until));
-    }
     if u64::try_from(factors.credential_version).ok() != Some(claims.credential_version) {
         return Err(invalid_mfa_token());
     }
-    let Some(sealed_secret) = factors.totp_secret else {
+    if factors.totp_secret.is_none() {
         return Err(invalid_mfa_token());
+    }
+    let submitted = Submitted {
+        code: request.code.as_deref(),
+        backup_code: request.backup_code.as_deref(),
     };
-    let factor = match (request.code.as_deref(), request.backup_code.as_deref()) {
-        (Some(code), None) => {
-            let secret = secrets
-                .open(&sealed_secret, &account_id.to_string())
-                .map_err(|error| internal_error(&error))?;
-            match matching_step(&totp(secret, &factors.email)?, code.trim(), unix_now()) {
-                Some(step) => SecondFactor::Totp { step },
-                None => return Err(record_failure(&state, account_id, address, &headers).await),
-            }
-        }
-        (None, Some(backup_code)) => {
-            let hash = hash_backup_code(backup_code);
-            let index = factors
-                .backup_code_hashes
-                .iter()
-                // A used code still matches here; the decider answers code_already_used.
-                .position(|stored| bool::from(stored.as_bytes().ct_eq(hash.as_bytes())));
-            match index {
-                Some(index) => SecondFactor::BackupCode { index },
-                None => return Err(record_failure(&state, account_id, address, &headers).await),
-            }
-        }
-        _ => {
-            return Err(Problem::validation(vec![accounts_platform::FieldError {
-                field: "code".into(),
-                code: "one_factor_required".into(),
-                message: "send exactly one of code and backup_code".into(),
-            }]))
-        }
-    };
+    let factor =
+        verify_second_factor(&state, account_id, &factors, submitted, address, &headers).await?;
     open_session(
         &state,
         account_id,
@@ -460,6 +446,173 @@ pub async fn sign_in_with_second_factor(
         &headers,
     )
     .await
+}
+
+/// The second factor a request submitted: a TOTP code or a backup code.
+struct Submitted<'a> {
+    code: Option<&'a str>,
+    backup_code: Option<&'a str>,
+}
+
+/// Checks a submitted TOTP code or backup code against the account's factors. A wrong one is
+/// recorded as a failure; a locked factor is refused before anything is checked. Whether the
+/// code was used before is left to the decider.
+async fn verify_second_factor(
+    state: &AppState,
+    account_id: Uuid,
+    factors: &FactorRow,
+    submitted: Submitted<'_>,
+    address: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<SecondFactor, Problem> {
+    if let Some(until) = factors.mfa_locked_until.filter(|until| *until > Utc::now()) {
+        return Err(factor_locked(until));
+    }
+    let sealed_secret = factors.totp_secret.as_deref().ok_or_else(|| {
+        crate::http::rejection_problem(&crate::decider::Rejection::MfaNotEnabled, Uuid::nil())
+    })?;
+    let matched = match (submitted.code, submitted.backup_code) {
+        (Some(code), None) => {
+            let secret = secrets(state)?
+                .open(sealed_secret, &account_id.to_string())
+                .map_err(|error| internal_error(&error))?;
+            matching_step(&totp(secret, &factors.email)?, code.trim(), unix_now())
+                .map(|step| SecondFactor::Totp { step })
+        }
+        (None, Some(backup_code)) => {
+            let hash = hash_backup_code(backup_code);
+            factors
+                .backup_code_hashes
+                .iter()
+                // A used code still matches here; the decider answers code_already_used.
+                .position(|stored| bool::from(stored.as_bytes().ct_eq(hash.as_bytes())))
+                .map(|index| SecondFactor::BackupCode { index })
+        }
+        _ => {
+            return Err(Problem::validation(vec![accounts_platform::FieldError {
+                field: "code".into(),
+                code: "one_factor_required".into(),
+                message: "send exactly one of code and backup_code".into(),
+            }]))
+        }
+    };
+    match matched {
+        Some(factor) => Ok(factor),
+        None => Err(record_failure(state, account_id, address, headers).await),
+    }
+}
+
+/// Body of `DELETE /v1/mfa/totp`: a TOTP code or a backup code.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FactorRequest {
+    pub code: Option<String>,
+    pub backup_code: Option<String>,
+}
+
+/// Turns two-factor authentication off. Needs a valid code or backup code.
+#[utoipa::path(delete, path = "/v1/mfa/totp", tag = "mfa", request_body = FactorRequest, responses(
+    (status = 200, description = "MFA is off"), (status = 401, body = ProblemDetails, description = "invalid_code or code_already_used"),
+    (status = 409, body = ProblemDetails, description = "mfa_not_enabled"), (status = 429, body = ProblemDetails, description = "factor_locked"),
+), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(account_id = tracing::field::Empty))]
+pub async fn disable(
+    State(state): State<AppState>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let caller = state.auth.authenticate(&headers).await?;
+    let account_id = caller.account_id;
+    tracing::Span::current().record("account_id", tracing::field::display(account_id));
+    let request: FactorRequest = read_json(&headers, body).await?;
+    let factors = load_factors(&state, account_id).await?;
+    let submitted = Submitted {
+        code: request.code.as_deref(),
+        backup_code: request.backup_code.as_deref(),
+    };
+    let second_factor =
+        verify_second_factor(&state, account_id, &factors, submitted, address, &headers).await?;
+
+    let command = Command::DisableTotp {
+        account_id,
+        second_factor,
+        credential_version: u64::try_from(factors.credential_version).unwrap_or_default(),
+    };
+    let actor = actor(
+        ActorKind::Account,
+        Some(account_id.to_string()),
+        address,
+        &headers,
+    );
+    let executed = state
+        .execute(
+            AggregateId::Account(account_id),
+            Uuid::now_v7(),
+            None,
+            actor,
+            command,
+        )
+        .await?;
+    let body = serde_json::json!({"mfa_enabled": false, "version": executed.version});
+    Ok((accepted_status(&executed, StatusCode::OK), Json(body)).into_response())
+}
+
+/// Replaces the backup codes. Needs a valid TOTP code; the old codes stop working.
+#[utoipa::path(post, path = "/v1/mfa/backup-codes", tag = "mfa", request_body = CodeRequest, responses(
+    (status = 200, body = BackupCodes), (status = 401, body = ProblemDetails, description = "invalid_code or code_already_used"),
+    (status = 409, body = ProblemDetails, description = "mfa_not_enabled"), (status = 429, body = ProblemDetails, description = "factor_locked"),
+), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(account_id = tracing::field::Empty))]
+pub async fn regenerate_backup_codes(
+    State(state): State<AppState>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let caller = state.auth.authenticate(&headers).await?;
+    let account_id = caller.account_id;
+    tracing::Span::current().record("account_id", tracing::field::display(account_id));
+    let request: CodeRequest = read_json(&headers, body).await?;
+    let factors = load_factors(&state, account_id).await?;
+    let submitted = Submitted {
+        code: Some(request.code.as_str()),
+        backup_code: None,
+    };
+    let SecondFactor::Totp { step } =
+        verify_second_factor(&state, account_id, &factors, submitted, address, &headers).await?
+    else {
+        return Err(invalid_code());
+    };
+
+    let codes: Vec<String> = (0..BACKUP_CODES).map(|_| new_backup_code()).collect();
+    let command = Command::RegenerateBackupCodes {
+        account_id,
+        step,
+        backup_code_hashes: codes.iter().map(|code| hash_backup_code(code)).collect(),
+    };
+    let actor = actor(
+        ActorKind::Account,
+        Some(account_id.to_string()),
+        address,
+        &headers,
+    );
+    let executed = state
+        .execute(
+            AggregateId::Account(account_id),
+            Uuid::now_v7(),
+            None,
+            actor,
+            command,
+        )
+        .await?;
+    Ok((
+        accepted_status(&executed, StatusCode::OK),
+        Json(BackupCodes {
+            backup_codes: codes,
+        }),
+    )
+        .into_response())
 }
 
 #[cfg(test)]

@@ -88,6 +88,18 @@ pub enum Command {
         account_id: Uuid,
         secret_ciphertext: String,
     },
+    /// Turns MFA off after a second factor was verified against `credential_version`.
+    DisableTotp {
+        account_id: Uuid,
+        second_factor: SecondFactor,
+        credential_version: u64,
+    },
+    /// Replaces the backup codes after a TOTP code of `step` was verified.
+    RegenerateBackupCodes {
+        account_id: Uuid,
+        step: u64,
+        backup_code_hashes: Vec<String>,
+    },
     /// Counts a wrong second-factor code; from `lock_after` failures on, the factor locks for
     /// `base_lock_seconds`, doubled with each further failure.
     RecordSecondFactorFailure {
@@ -177,6 +189,12 @@ impl Command {
             Self::RecordSecondFactorFailure { .. } => {
                 serde_json::json!(["record_second_factor_failure"])
             }
+            Self::DisableTotp { second_factor, .. } => {
+                serde_json::json!(["disable_totp", second_factor])
+            }
+            Self::RegenerateBackupCodes { step, .. } => {
+                serde_json::json!(["regenerate_backup_codes", step])
+            }
         };
         hex::encode(Sha256::digest(request.to_string().as_bytes()))
     }
@@ -192,6 +210,8 @@ impl Command {
             Self::StartTotpEnrollment { .. } => "start_totp_enrollment",
             Self::ConfirmTotp { .. } => "confirm_totp",
             Self::RecordSecondFactorFailure { .. } => "record_second_factor_failure",
+            Self::DisableTotp { .. } => "disable_totp",
+            Self::RegenerateBackupCodes { .. } => "regenerate_backup_codes",
         }
     }
 }

@@ -21,6 +21,8 @@ pub enum DomainEvent {
     TotpStepUsed(TotpStepUsed),
     BackupCodeUsed(BackupCodeUsed),
     SecondFactorFailed(SecondFactorFailed),
+    TotpDisabled(TotpDisabled),
+    BackupCodesRegenerated(BackupCodesRegenerated),
     EmailClaimed(EmailClaimed),
 }
 
@@ -157,6 +159,20 @@ pub struct SecondFactorFailed {
     pub locked_until: Option<DateTime<Utc>>,
 }
 
+/// Two-factor authentication was turned off; the secret and backup codes are void.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TotpDisabled {
+    pub credential_version: u64,
+}
+
+/// New backup codes replaced the old ones, which are void. Present only as SHA-256 hashes.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupCodesRegenerated {
+    pub backup_code_hashes: Vec<String>,
+}
+
 macro_rules! redacted_debug {
     ($($type:ident),*) => {$(
         impl std::fmt::Debug for $type {
@@ -166,7 +182,7 @@ macro_rules! redacted_debug {
         }
     )*};
 }
-redacted_debug!(TotpEnrollmentStarted, TotpEnabled);
+redacted_debug!(TotpEnrollmentStarted, TotpEnabled, BackupCodesRegenerated);
 
 /// An email address was claimed by an account, making it unavailable to others.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,6 +216,8 @@ impl DomainEvent {
     pub const TOTP_STEP_USED: &'static str = "accounts.TotpStepUsed";
     pub const BACKUP_CODE_USED: &'static str = "accounts.BackupCodeUsed";
     pub const SECOND_FACTOR_FAILED: &'static str = "accounts.SecondFactorFailed";
+    pub const TOTP_DISABLED: &'static str = "accounts.TotpDisabled";
+    pub const BACKUP_CODES_REGENERATED: &'static str = "accounts.BackupCodesRegenerated";
     pub const EMAIL_CLAIMED: &'static str = "accounts.EmailClaimed";
 
     /// Returns the CloudEvents `type` of this event.
@@ -215,6 +233,8 @@ impl DomainEvent {
             Self::TotpStepUsed(_) => Self::TOTP_STEP_USED,
             Self::BackupCodeUsed(_) => Self::BACKUP_CODE_USED,
             Self::SecondFactorFailed(_) => Self::SECOND_FACTOR_FAILED,
+            Self::TotpDisabled(_) => Self::TOTP_DISABLED,
+            Self::BackupCodesRegenerated(_) => Self::BACKUP_CODES_REGENERATED,
             Self::EmailClaimed(_) => Self::EMAIL_CLAIMED,
         }
     }
@@ -238,6 +258,8 @@ impl DomainEvent {
                 | Self::TOTP_STEP_USED
                 | Self::BACKUP_CODE_USED
                 | Self::SECOND_FACTOR_FAILED
+                | Self::TOTP_DISABLED
+                | Self::BACKUP_CODES_REGENERATED
                 | Self::EMAIL_CLAIMED
         )
     }
@@ -255,6 +277,8 @@ impl DomainEvent {
             Self::TotpStepUsed(payload) => serde_json::to_value(payload),
             Self::BackupCodeUsed(payload) => serde_json::to_value(payload),
             Self::SecondFactorFailed(payload) => serde_json::to_value(payload),
+            Self::TotpDisabled(payload) => serde_json::to_value(payload),
+            Self::BackupCodesRegenerated(payload) => serde_json::to_value(payload),
             Self::EmailClaimed(payload) => serde_json::to_value(payload),
         }
     }
@@ -307,6 +331,12 @@ impl DomainEvent {
             }
             Self::SECOND_FACTOR_FAILED => {
                 Self::SecondFactorFailed(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::TOTP_DISABLED => {
+                Self::TotpDisabled(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::BACKUP_CODES_REGENERATED => {
+                Self::BackupCodesRegenerated(serde_json::from_value(data).map_err(invalid)?)
             }
             Self::EMAIL_CLAIMED => {
                 Self::EmailClaimed(serde_json::from_value(data).map_err(invalid)?)

@@ -15,9 +15,9 @@ pub use envelope::{
     Actor, ActorKind, DecodeError, Decoded, EventMeta, RecordedEvent, CONTENT_TYPE,
 };
 pub use event::{
-    AccountRegistered, BackupCodeUsed, DomainEvent, EmailClaimed, PasswordChanged, ProfileUpdated,
-    SecondFactorFailed, SessionStarted, SessionsRevoked, TotpEnabled, TotpEnrollmentStarted,
-    TotpStepUsed,
+    AccountRegistered, BackupCodeUsed, BackupCodesRegenerated, DomainEvent, EmailClaimed,
+    PasswordChanged, ProfileUpdated, SecondFactorFailed, SessionStarted, SessionsRevoked,
+    TotpDisabled, TotpEnabled, TotpEnrollmentStarted, TotpStepUsed,
 };
 pub use industry::INDUSTRIES;
 pub use state::{AccountState, EmailClaimState, SessionState};

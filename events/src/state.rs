@@ -149,6 +149,22 @@ impl AccountState {
                 self.factor_failures = 0;
                 self.factor_locked_until = None;
             }
+            DomainEvent::TotpDisabled(disabled) => {
+                self.totp_pending = None;
+                self.totp_secret = None;
+                self.backup_codes.clear();
+                self.credential_version = disabled.credential_version;
+                self.factor_failures = 0;
+                self.factor_locked_until = None;
+            }
+            DomainEvent::BackupCodesRegenerated(regenerated) => {
+                self.backup_codes = regenerated
+                    .backup_code_hashes
+                    .iter()
+                    .cloned()
+                    .map(Some)
+                    .collect();
+            }
             DomainEvent::SecondFactorFailed(failed) => {
                 self.factor_failures = failed.failures;
                 self.factor_locked_until = failed.locked_until;

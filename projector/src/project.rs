@@ -155,6 +155,33 @@ pub async fn apply(
             .await?;
             bump_version(connection, account_id, version).await?;
         }
+        DomainEvent::TotpDisabled(disabled) => {
+            let account_id = account_id(&meta.subject)?;
+            sqlx::query(
+                "UPDATE credentials SET totp_pending = NULL, totp_secret = NULL, backup_code_hashes = '{}', \
+                 backup_codes_used = '{}', mfa_failures = 0, mfa_locked_until = NULL, \
+                 credential_version = $2, version = $3 WHERE account_id = $1 AND version < $3",
+            )
+            .bind(account_id)
+            .bind(i64::try_from(disabled.credential_version).unwrap_or(i64::MAX))
+            .bind(version)
+            .execute(&mut *connection)
+            .await?;
+            bump_version(connection, account_id, version).await?;
+        }
+        DomainEvent::BackupCodesRegenerated(regenerated) => {
+            let account_id = account_id(&meta.subject)?;
+            sqlx::query(
+                "UPDATE credentials SET backup_code_hashes = $2, backup_codes_used = '{}', version = $3 \
+                 WHERE account_id = $1 AND version < $3",
+            )
+            .bind(account_id)
+            .bind(&regenerated.backup_code_hashes)
+            .bind(version)
+            .execute(&mut *connection)
+            .await?;
+            bump_version(connection, account_id, version).await?;
+        }
         DomainEvent::SecondFactorFailed(failed) => {
             let account_id = account_id(&meta.subject)?;
             sqlx::query(

@@ -311,3 +311,87 @@ async fn wrong_codes_lock_the_factor_longer_each_time() {
         .collect();
     assert_eq!(failures, vec![1, 2, 3, 4, 5]);
 }
+
+async fn delete_totp(app: &TestApp, token: &str, body: Value) -> reqwest::Response {
+    app.http
+        .delete(format!("{}/v1/mfa/totp", app.command_url))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn regenerated_codes_replace_old_ones() {
+    let app = spawn_app(1).await;
+    let user = app.new_user().await;
+    let (uri, old_codes) = enable_mfa(&app, &user).await;
+
+    let wrong = post(
+        &app,
+        "/v1/mfa/backup-codes",
+        Some(&user.token),
+        json!({"code": "000000"}),
+    )
+    .await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let (_, next) = oathtool_codes(&uri);
+    let regenerated = post(
+        &app,
+        "/v1/mfa/backup-codes",
+        Some(&user.token),
+        json!({"code": next}),
+    )
+    .await;
+    assert_eq!(regenerated.status(), StatusCode::OK);
+    let new_codes: Vec<String> = regenerated.json::<Value>().await.unwrap()["backup_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|code| code.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(new_codes.len(), 10);
+    assert!(new_codes.iter().all(|code| !old_codes.contains(code)));
+
+    let old = post(
+        &app,
+        "/v1/sessions/mfa",
+        None,
+        json!({"mfa_token": mfa_token(&app, &user).await, "backup_code": old_codes[0]}),
+    )
+    .await;
+    assert_eq!(old.json::<Value>().await.unwrap()["code"], "invalid_code");
+    let new = post(
+        &app,
+        "/v1/sessions/mfa",
+        None,
+        json!({"mfa_token": mfa_token(&app, &user).await, "backup_code": new_codes[0]}),
+    )
+    .await;
+    assert_eq!(new.status(), StatusCode::CREATED);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disabling_mfa_needs_a_valid_code() {
+    let app = spawn_app(1).await;
+    let user = app.new_user().await;
+    let (_, codes) = enable_mfa(&app, &user).await;
+
+    let wrong = delete_totp(&app, &user.token, json!({"code": "000000"})).await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(security(&app, &user.token).await["mfa_enabled"], true);
+
+    let disabled = delete_totp(&app, &user.token, json!({"backup_code": codes[3]})).await;
+    assert_eq!(disabled.status(), StatusCode::OK);
+    let summary = security(&app, &user.token).await;
+    assert_eq!(summary["mfa_enabled"], false);
+    assert_eq!(summary["backup_codes_remaining"], 0);
+
+    let again = delete_totp(&app, &user.token, json!({"backup_code": codes[4]})).await;
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        app.sign_in(&user.email, PASSWORD).await.status(),
+        StatusCode::CREATED
+    );
+}
