@@ -139,11 +139,11 @@ pub fn decide(
                 (false, _) => (None, "password"),
                 (true, None) => return Err(Rejection::MfaRequired),
                 (true, Some(factor @ SecondFactor::Totp { .. })) => (
-                    Some(use_second_factor(account, *factor, now)?),
+                    Some(use_second_factor(account, factor.clone(), now)?),
                     "password+totp",
                 ),
                 (true, Some(factor @ SecondFactor::BackupCode { .. })) => (
-                    Some(use_second_factor(account, *factor, now)?),
+                    Some(use_second_factor(account, factor.clone(), now)?),
                     "password+backup_code",
                 ),
             };
@@ -227,7 +227,7 @@ pub fn decide(
             if account.credential_version != *credential_version {
                 return Err(Rejection::CredentialsChanged);
             }
-            let used = use_second_factor(account, *second_factor, now)?;
+            let used = use_second_factor(account, second_factor.clone(), now)?;
             let disabled = DomainEvent::TotpDisabled(TotpDisabled {
                 credential_version: credential_version + 1,
             });
@@ -241,12 +241,16 @@ pub fn decide(
             Command::RegenerateBackupCodes {
                 step,
                 backup_code_hashes,
+                credential_version,
                 ..
             },
         ) => {
             require_version(account, expected_version)?;
             if !account.mfa_enabled() {
                 return Err(Rejection::MfaNotEnabled);
+            }
+            if account.credential_version != *credential_version {
+                return Err(Rejection::CredentialsChanged);
             }
             let used = use_second_factor(account, SecondFactor::Totp { step: *step }, now)?;
             let regenerated = DomainEvent::BackupCodesRegenerated(BackupCodesRegenerated {
@@ -353,9 +357,7 @@ fn use_second_factor(
         SecondFactor::Totp { step } if step > account.last_totp_step => {
             Ok(DomainEvent::TotpStepUsed(TotpStepUsed { step }))
         }
-        SecondFactor::BackupCode { index }
-            if matches!(account.backup_codes.get(index), Some(Some(_))) =>
-        {
+        SecondFactor::BackupCode { index, hash } if matches!(account.backup_codes.get(index), Some(Some(stored)) if *stored == hash) => {
             Ok(DomainEvent::BackupCodeUsed(BackupCodeUsed { index }))
         }
         _ => Err(Rejection::CodeAlreadyUsed),
@@ -934,7 +936,10 @@ mod tests {
         let mut state = given(&[registered(), totp_enabled(100)]);
         let events = decide(
             Target::Account(&state),
-            &mfa_session(SecondFactor::BackupCode { index: 1 }),
+            &mfa_session(SecondFactor::BackupCode {
+                index: 1,
+                hash: "h1".into(),
+            }),
             None,
             now(),
         )
@@ -944,12 +949,24 @@ mod tests {
             DomainEvent::BackupCodeUsed(BackupCodeUsed { index: 1 })
         ));
 
+        let stale = SecondFactor::BackupCode {
+            index: 0,
+            hash: "replaced".into(),
+        };
+        assert_eq!(
+            decide(Target::Account(&state), &mfa_session(stale), None, now()),
+            Err(Rejection::CodeAlreadyUsed)
+        );
+
         state.backup_codes[1] = None;
         for index in [1, 2] {
             assert_eq!(
                 decide(
                     Target::Account(&state),
-                    &mfa_session(SecondFactor::BackupCode { index }),
+                    &mfa_session(SecondFactor::BackupCode {
+                        index,
+                        hash: format!("h{index}")
+                    }),
                     None,
                     now()
                 ),

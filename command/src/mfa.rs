@@ -486,7 +486,10 @@ async fn verify_second_factor(
                 .iter()
                 // A used code still matches here; the decider answers code_already_used.
                 .position(|stored| bool::from(stored.as_bytes().ct_eq(hash.as_bytes())))
-                .map(|index| SecondFactor::BackupCode { index })
+                .map(|index| SecondFactor::BackupCode {
+                    index,
+                    hash: hash.clone(),
+                })
         }
         _ => {
             return Err(Problem::validation(vec![accounts_platform::FieldError {
@@ -588,6 +591,7 @@ pub async fn regenerate_backup_codes(
     let codes: Vec<String> = (0..BACKUP_CODES).map(|_| new_backup_code()).collect();
     let command = Command::RegenerateBackupCodes {
         account_id,
+        credential_version: u64::try_from(factors.credential_version).unwrap_or_default(),
         step,
         backup_code_hashes: codes.iter().map(|code| hash_backup_code(code)).collect(),
     };

@@ -212,6 +212,10 @@ pub async fn change_password(
     let new_password = NewPassword::parse("new_password", &request.new_password, &context)
         .map_err(|error| Problem::validation(vec![error]))?;
 
+    // The current password is guessable like a sign-in, so it shares the sign-in limits.
+    state
+        .sign_in_limits
+        .check(address.ip(), &format!("password-change:{account_id}"))?;
     let verified = state
         .hasher
         .verify(request.current_password, Some(row.password_hash))

@@ -9,8 +9,9 @@ use uuid::Uuid;
 
 use crate::decider::Rejection;
 
-/// A command on its way to the decider that owns its aggregate's partition.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// A command on its way to the decider that owns its aggregate's partition. Its `Debug`
+/// shows ids only, because commands carry password hashes and token hashes.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct CommandEnvelope {
     /// Identifies the command across retries; derived from `Idempotency-Key` when given.
     pub command_id: Uuid,
@@ -54,7 +55,7 @@ pub struct ProfileChanges {
 }
 
 /// The request a command carries.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
     /// Creates the email claim and the account in one transaction. It is addressed to the
@@ -99,6 +100,7 @@ pub enum Command {
         account_id: Uuid,
         step: u64,
         backup_code_hashes: Vec<String>,
+        credential_version: u64,
     },
     /// Counts a wrong second-factor code; from `lock_after` failures on, the factor locks for
     /// `base_lock_seconds`, doubled with each further failure.
@@ -132,11 +134,35 @@ pub enum Command {
 }
 
 /// A second factor checked outside the decider, which only makes sure it is used once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SecondFactor {
-    Totp { step: u64 },
-    BackupCode { index: usize },
+    Totp {
+        step: u64,
+    },
+    /// The code at `index`, whose hash must still be the one stored there: after the codes
+    /// were replaced, an old code matches no slot.
+    BackupCode {
+        index: usize,
+        hash: String,
+    },
+}
+
+impl std::fmt::Debug for CommandEnvelope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandEnvelope")
+            .field("command_id", &self.command_id)
+            .field("request_id", &self.request_id)
+            .field("aggregate_key", &self.aggregate_key)
+            .field("command", &self.command)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.kind())
+    }
 }
 
 /// Which sessions a revocation ends.
