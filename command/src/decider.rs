@@ -4,8 +4,8 @@
 use accounts_events::{
     AccountRegistered, AccountState, BackupCodeUsed, BackupCodesRegenerated, DomainEvent,
     EmailClaimState, EmailClaimed, PasswordChanged, ProfileUpdated, SecondFactorFailed,
-    SessionStarted, SessionsRevoked, TotpDisabled, TotpEnabled, TotpEnrollmentStarted,
-    TotpStepUsed,
+    SessionStarted, SessionVerified, SessionsRevoked, TotpDisabled, TotpEnabled,
+    TotpEnrollmentStarted, TotpStepUsed,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -210,6 +210,45 @@ pub fn decide(
             let others = active_sessions(account, now, Some(*current_session));
             Ok(std::iter::once((EventTarget::Account, changed))
                 .chain(revoke(others, "password_changed"))
+                .collect())
+        }
+        (
+            Target::Account(account),
+            Command::VerifySession {
+                session_id,
+                credential_version,
+                second_factor,
+                ..
+            },
+        ) => {
+            require_version(account, expected_version)?;
+            if !account
+                .sessions
+                .get(session_id)
+                .is_some_and(|session| session.is_active(now))
+            {
+                return Err(Rejection::SessionNotFound);
+            }
+            if account.credential_version != *credential_version {
+                return Err(Rejection::CredentialsChanged);
+            }
+            let used = match second_factor {
+                Some(factor) => Some(use_second_factor(account, factor.clone(), now)?),
+                None => None,
+            };
+            let method = if used.is_some() {
+                "second_factor"
+            } else {
+                "password"
+            };
+            let verified = DomainEvent::SessionVerified(SessionVerified {
+                session_id: *session_id,
+                method: method.to_owned(),
+            });
+            Ok(used
+                .into_iter()
+                .chain(std::iter::once(verified))
+                .map(|event| (EventTarget::Account, event))
                 .collect())
         }
         (
@@ -475,6 +514,7 @@ pub fn account_of(command: &Command) -> Uuid {
         | Command::ConfirmTotp { account_id, .. }
         | Command::RecordSecondFactorFailure { account_id, .. }
         | Command::DisableTotp { account_id, .. }
+        | Command::VerifySession { account_id, .. }
         | Command::RegenerateBackupCodes { account_id, .. } => *account_id,
     }
 }

@@ -49,6 +49,8 @@ pub struct AppState {
     pub progress: ProjectionProgress,
     pub hasher: PasswordHasherPool,
     pub sign_in_limits: crate::ratelimit::SignInLimits,
+    /// How recent a password or second-factor check must be for sensitive changes.
+    pub step_up_window: chrono::Duration,
     /// Wrong second-factor codes in a row that lock the factor.
     pub mfa_lock_after: u32,
     /// The first lock's length in seconds; each further wrong code doubles it.

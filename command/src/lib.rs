@@ -44,6 +44,10 @@ pub struct ServeConfig {
     pub sessions: accounts_platform::SessionConfig,
     #[command(flatten)]
     pub encryption: secrets::EncryptionConfig,
+    /// Minutes a password or second-factor check counts for sensitive changes, such as
+    /// turning on two-factor authentication.
+    #[arg(long, env = "STEP_UP_MINUTES", default_value_t = 10)]
+    pub step_up_minutes: i64,
     /// Wrong second-factor codes in a row after which the factor locks.
     #[arg(long, env = "MFA_LOCK_AFTER", default_value_t = 5)]
     pub mfa_lock_after: u32,
@@ -107,6 +111,7 @@ pub async fn serve_api(
         hasher: PasswordHasherPool::new(&config.hashing)?,
         sign_in_limits: ratelimit::SignInLimits::start(&config.rate_limits),
         secrets: secrets::SecretBox::from_config(&config.encryption)?,
+        step_up_window: chrono::Duration::minutes(config.step_up_minutes),
         mfa_lock_after: config.mfa_lock_after.max(1),
         mfa_lock_base_seconds: config.mfa_lock_base_seconds.max(1),
         auth: accounts_platform::SessionAuth::new(pool.clone(), &config.sessions),

@@ -149,7 +149,7 @@ fn invalid_code() -> Problem {
 }
 
 #[derive(sqlx::FromRow)]
-struct FactorRow {
+pub(crate) struct FactorRow {
     email: String,
     credential_version: i64,
     totp_pending: Option<String>,
@@ -158,7 +158,7 @@ struct FactorRow {
     mfa_locked_until: Option<chrono::DateTime<Utc>>,
 }
 
-async fn load_factors(state: &AppState, account_id: Uuid) -> Result<FactorRow, Problem> {
+pub(crate) async fn load_factors(state: &AppState, account_id: Uuid) -> Result<FactorRow, Problem> {
     sqlx::query_as(
         "SELECT a.email, c.credential_version, c.totp_pending, c.totp_secret, c.backup_code_hashes, c.mfa_locked_until \
          FROM credentials c JOIN accounts a USING (account_id) WHERE c.account_id = $1",
@@ -183,6 +183,7 @@ pub struct Enrollment {
 /// Starts TOTP enrollment. The factor stays pending until confirmed with a code.
 #[utoipa::path(post, path = "/v1/mfa/totp", tag = "mfa", responses(
     (status = 200, body = Enrollment), (status = 401, body = ProblemDetails),
+    (status = 403, body = ProblemDetails, description = "reauthentication_required"),
     (status = 409, body = ProblemDetails, description = "mfa_already_enabled"),
 ), security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(account_id = tracing::field::Empty))]
@@ -194,6 +195,8 @@ pub async fn start_enrollment(
     let caller = state.auth.authenticate(&headers).await?;
     let account_id = caller.account_id;
     tracing::Span::current().record("account_id", tracing::field::display(account_id));
+    // A stolen session alone must not be enough to lock the owner out with a new factor.
+    crate::security::require_recent_check(&state, caller).await?;
     let secrets = secrets(&state)?;
     let factors = load_factors(&state, account_id).await?;
 
@@ -449,15 +452,15 @@ pub async fn sign_in_with_second_factor(
 }
 
 /// The second factor a request submitted: a TOTP code or a backup code.
-struct Submitted<'a> {
-    code: Option<&'a str>,
-    backup_code: Option<&'a str>,
+pub(crate) struct Submitted<'a> {
+    pub(crate) code: Option<&'a str>,
+    pub(crate) backup_code: Option<&'a str>,
 }
 
 /// Checks a submitted TOTP code or backup code against the account's factors. A wrong one is
 /// recorded as a failure; a locked factor is refused before anything is checked. Whether the
 /// code was used before is left to the decider.
-async fn verify_second_factor(
+pub(crate) async fn verify_second_factor(
     state: &AppState,
     account_id: Uuid,
     factors: &FactorRow,

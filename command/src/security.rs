@@ -26,8 +26,14 @@ use crate::wire::{Command, RevokeScope};
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(sign_out, revoke_session, revoke_all_sessions, change_password),
-    components(schemas(ChangePasswordRequest))
+    paths(
+        sign_out,
+        revoke_session,
+        revoke_all_sessions,
+        change_password,
+        reauthenticate
+    ),
+    components(schemas(ChangePasswordRequest, ReauthenticateRequest))
 )]
 pub struct SecurityApi;
 
@@ -38,6 +44,7 @@ pub fn routes(state: AppState) -> Router {
         .route("/v1/sessions/revoke-all", post(revoke_all_sessions))
         .route("/v1/sessions/{session_id}", delete(revoke_session))
         .route("/v1/password", put(change_password))
+        .route("/v1/sessions/reauthenticate", post(reauthenticate))
         .with_state(state)
 }
 
@@ -273,4 +280,143 @@ fn invalid_current_password() -> Problem {
         "invalid_current_password",
         "the current password is wrong",
     )
+}
+
+/// Returns 403 `reauthentication_required` unless the caller's session passed a password or
+/// second-factor check within the step-up window. Signing in is such a check.
+pub(crate) async fn require_recent_check(
+    state: &AppState,
+    caller: Authenticated,
+) -> Result<(), Problem> {
+    let verified_at: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+        "SELECT COALESCE(verified_at, created_at) FROM sessions WHERE session_id = $1",
+    )
+    .bind(caller.session_id)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(|error| {
+        internal_error(&anyhow::Error::new(error).context("failed to load session check time"))
+    })?;
+    match verified_at {
+        Some(at) if at + state.step_up_window > chrono::Utc::now() => Ok(()),
+        _ => Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "reauthentication_required",
+            "confirm your password or a code with POST /v1/sessions/reauthenticate, then retry",
+        )),
+    }
+}
+
+/// Body of `POST /v1/sessions/reauthenticate`: the password, a TOTP code or a backup code.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReauthenticateRequest {
+    #[schema(value_type = Option<String>, format = Password)]
+    pub password: Option<SecretString>,
+    pub code: Option<String>,
+    pub backup_code: Option<String>,
+}
+
+/// Confirms who uses the session, for changes that need a recent check.
+#[utoipa::path(post, path = "/v1/sessions/reauthenticate", tag = "sessions", request_body = ReauthenticateRequest, responses(
+    (status = 200, body = CommandResponse), (status = 401, body = ProblemDetails, description = "invalid_code"),
+    (status = 403, body = ProblemDetails, description = "invalid_current_password"), (status = 422, body = ProblemDetails),
+    (status = 429, body = ProblemDetails),
+), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(account_id = tracing::field::Empty))]
+pub async fn reauthenticate(
+    State(state): State<AppState>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let caller = state.auth.authenticate(&headers).await?;
+    let account_id = caller.account_id;
+    tracing::Span::current().record("account_id", tracing::field::display(account_id));
+    let request: ReauthenticateRequest = read_json(&headers, body).await?;
+
+    let second_factor = match (
+        request.password,
+        request.code.as_deref(),
+        request.backup_code.as_deref(),
+    ) {
+        (Some(password), None, None) => {
+            state
+                .sign_in_limits
+                .check(address.ip(), &format!("reauthenticate:{account_id}"))?;
+            let stored: Option<String> =
+                sqlx::query_scalar("SELECT password_hash FROM credentials WHERE account_id = $1")
+                    .bind(account_id)
+                    .fetch_optional(&state.pool)
+                    .await
+                    .map_err(|error| {
+                        internal_error(
+                            &anyhow::Error::new(error).context("failed to load credentials"),
+                        )
+                    })?;
+            let verified = state
+                .hasher
+                .verify(password, stored)
+                .await
+                .map_err(|error| internal_error(&error))?;
+            if !verified {
+                return Err(invalid_current_password());
+            }
+            None
+        }
+        (None, code, backup_code) if code.is_some() != backup_code.is_some() => {
+            let factors = crate::mfa::load_factors(&state, account_id).await?;
+            let submitted = crate::mfa::Submitted { code, backup_code };
+            Some(
+                crate::mfa::verify_second_factor(
+                    &state, account_id, &factors, submitted, address, &headers,
+                )
+                .await?,
+            )
+        }
+        _ => {
+            return Err(Problem::validation(vec![FieldError {
+                field: "password".into(),
+                code: "one_proof_required".into(),
+                message: "send exactly one of password, code and backup_code".into(),
+            }]))
+        }
+    };
+
+    let credential_version: i64 =
+        sqlx::query_scalar("SELECT credential_version FROM credentials WHERE account_id = $1")
+            .bind(account_id)
+            .fetch_one(&state.pool)
+            .await
+            .map_err(|error| {
+                internal_error(
+                    &anyhow::Error::new(error).context("failed to load credential version"),
+                )
+            })?;
+    let command = Command::VerifySession {
+        account_id,
+        session_id: caller.session_id,
+        credential_version: u64::try_from(credential_version).unwrap_or_default(),
+        second_factor,
+    };
+    let actor = actor(
+        ActorKind::Account,
+        Some(account_id.to_string()),
+        address,
+        &headers,
+    );
+    let executed = state
+        .execute(
+            AggregateId::Account(account_id),
+            Uuid::now_v7(),
+            None,
+            actor,
+            command,
+        )
+        .await?;
+    let body = CommandResponse {
+        version: executed.version,
+        position: executed.position.clone(),
+    };
+    Ok((accepted_status(&executed, StatusCode::OK), Json(body)).into_response())
 }

@@ -89,6 +89,13 @@ pub enum Command {
         account_id: Uuid,
         secret_ciphertext: String,
     },
+    /// Records that the user of `session_id` passed a password or second-factor check.
+    VerifySession {
+        account_id: Uuid,
+        session_id: Uuid,
+        credential_version: u64,
+        second_factor: Option<SecondFactor>,
+    },
     /// Turns MFA off after a second factor was verified against `credential_version`.
     DisableTotp {
         account_id: Uuid,
@@ -221,6 +228,13 @@ impl Command {
             Self::RegenerateBackupCodes { step, .. } => {
                 serde_json::json!(["regenerate_backup_codes", step])
             }
+            Self::VerifySession {
+                session_id,
+                second_factor,
+                ..
+            } => {
+                serde_json::json!(["verify_session", session_id, second_factor])
+            }
         };
         hex::encode(Sha256::digest(request.to_string().as_bytes()))
     }
@@ -237,6 +251,7 @@ impl Command {
             Self::ConfirmTotp { .. } => "confirm_totp",
             Self::RecordSecondFactorFailure { .. } => "record_second_factor_failure",
             Self::DisableTotp { .. } => "disable_totp",
+            Self::VerifySession { .. } => "verify_session",
             Self::RegenerateBackupCodes { .. } => "regenerate_backup_codes",
         }
     }

@@ -23,6 +23,7 @@ pub enum DomainEvent {
     SecondFactorFailed(SecondFactorFailed),
     TotpDisabled(TotpDisabled),
     BackupCodesRegenerated(BackupCodesRegenerated),
+    SessionVerified(SessionVerified),
     EmailClaimed(EmailClaimed),
 }
 
@@ -173,6 +174,15 @@ pub struct BackupCodesRegenerated {
     pub backup_code_hashes: Vec<String>,
 }
 
+/// The user of a session proved again who they are, for actions that need a recent check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionVerified {
+    pub session_id: Uuid,
+    /// `password` or `totp`.
+    pub method: String,
+}
+
 macro_rules! redacted_debug {
     ($($type:ident),*) => {$(
         impl std::fmt::Debug for $type {
@@ -218,6 +228,7 @@ impl DomainEvent {
     pub const SECOND_FACTOR_FAILED: &'static str = "accounts.SecondFactorFailed";
     pub const TOTP_DISABLED: &'static str = "accounts.TotpDisabled";
     pub const BACKUP_CODES_REGENERATED: &'static str = "accounts.BackupCodesRegenerated";
+    pub const SESSION_VERIFIED: &'static str = "accounts.SessionVerified";
     pub const EMAIL_CLAIMED: &'static str = "accounts.EmailClaimed";
 
     /// Returns the CloudEvents `type` of this event.
@@ -235,6 +246,7 @@ impl DomainEvent {
             Self::SecondFactorFailed(_) => Self::SECOND_FACTOR_FAILED,
             Self::TotpDisabled(_) => Self::TOTP_DISABLED,
             Self::BackupCodesRegenerated(_) => Self::BACKUP_CODES_REGENERATED,
+            Self::SessionVerified(_) => Self::SESSION_VERIFIED,
             Self::EmailClaimed(_) => Self::EMAIL_CLAIMED,
         }
     }
@@ -260,6 +272,7 @@ impl DomainEvent {
                 | Self::SECOND_FACTOR_FAILED
                 | Self::TOTP_DISABLED
                 | Self::BACKUP_CODES_REGENERATED
+                | Self::SESSION_VERIFIED
                 | Self::EMAIL_CLAIMED
         )
     }
@@ -279,6 +292,7 @@ impl DomainEvent {
             Self::SecondFactorFailed(payload) => serde_json::to_value(payload),
             Self::TotpDisabled(payload) => serde_json::to_value(payload),
             Self::BackupCodesRegenerated(payload) => serde_json::to_value(payload),
+            Self::SessionVerified(payload) => serde_json::to_value(payload),
             Self::EmailClaimed(payload) => serde_json::to_value(payload),
         }
     }
@@ -337,6 +351,9 @@ impl DomainEvent {
             }
             Self::BACKUP_CODES_REGENERATED => {
                 Self::BackupCodesRegenerated(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::SESSION_VERIFIED => {
+                Self::SessionVerified(serde_json::from_value(data).map_err(invalid)?)
             }
             Self::EMAIL_CLAIMED => {
                 Self::EmailClaimed(serde_json::from_value(data).map_err(invalid)?)

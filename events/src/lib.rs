@@ -16,8 +16,8 @@ pub use envelope::{
 };
 pub use event::{
     AccountRegistered, BackupCodeUsed, BackupCodesRegenerated, DomainEvent, EmailClaimed,
-    PasswordChanged, ProfileUpdated, SecondFactorFailed, SessionStarted, SessionsRevoked,
-    TotpDisabled, TotpEnabled, TotpEnrollmentStarted, TotpStepUsed,
+    PasswordChanged, ProfileUpdated, SecondFactorFailed, SessionStarted, SessionVerified,
+    SessionsRevoked, TotpDisabled, TotpEnabled, TotpEnrollmentStarted, TotpStepUsed,
 };
 pub use industry::INDUSTRIES;
 pub use state::{AccountState, EmailClaimState, SessionState};

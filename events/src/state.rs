@@ -52,6 +52,8 @@ pub struct SessionState {
     pub started_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The last password or second-factor check in this session; sign-in is one.
+    pub verified_at: DateTime<Utc>,
 }
 
 impl SessionState {
@@ -105,6 +107,7 @@ impl AccountState {
                         started_at: time,
                         expires_at: session.expires_at,
                         revoked_at: None,
+                        verified_at: time,
                     },
                 );
             }
@@ -164,6 +167,11 @@ impl AccountState {
                     .cloned()
                     .map(Some)
                     .collect();
+            }
+            DomainEvent::SessionVerified(verified) => {
+                if let Some(session) = self.sessions.get_mut(&verified.session_id) {
+                    session.verified_at = time;
+                }
             }
             DomainEvent::SecondFactorFailed(failed) => {
                 self.factor_failures = failed.failures;

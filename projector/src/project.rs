@@ -57,8 +57,8 @@ pub async fn apply(
         DomainEvent::SessionStarted(session) => {
             let account_id = account_id(&meta.subject)?;
             sqlx::query(
-                "INSERT INTO sessions (session_id, account_id, token_sha256, created_at, expires_at, user_agent, ip) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (session_id) DO NOTHING",
+                "INSERT INTO sessions (session_id, account_id, token_sha256, created_at, expires_at, user_agent, ip, verified_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $4) ON CONFLICT (session_id) DO NOTHING",
             )
             .bind(session.session_id)
             .bind(account_id)
@@ -178,6 +178,19 @@ pub async fn apply(
             .bind(account_id)
             .bind(&regenerated.backup_code_hashes)
             .bind(version)
+            .execute(&mut *connection)
+            .await?;
+            bump_version(connection, account_id, version).await?;
+        }
+        DomainEvent::SessionVerified(verified) => {
+            let account_id = account_id(&meta.subject)?;
+            sqlx::query(
+                "UPDATE sessions SET verified_at = GREATEST(COALESCE(verified_at, created_at), $3) \
+                 WHERE account_id = $1 AND session_id = $2",
+            )
+            .bind(account_id)
+            .bind(verified.session_id)
+            .bind(meta.time)
             .execute(&mut *connection)
             .await?;
             bump_version(connection, account_id, version).await?;

@@ -125,6 +125,7 @@ async fn spawn_app_with(decider_count: usize) -> anyhow::Result<TestApp> {
             keys: format!("test={TEST_ENCRYPTION_KEY}").into(),
             active_key_id: "test".into(),
         },
+        step_up_minutes: 10,
         mfa_lock_after: 3,
         mfa_lock_base_seconds: 1,
         addr: "127.0.0.1:0".parse()?,

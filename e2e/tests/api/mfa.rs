@@ -395,3 +395,68 @@ async fn disabling_mfa_needs_a_valid_code() {
         StatusCode::CREATED
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enrolling_needs_a_recent_check() {
+    let app = spawn_app(1).await;
+    let user = app.new_user().await;
+
+    // The test stack asks for a check within 10 minutes; age the session's last one.
+    let aged = sqlx::query(
+        "UPDATE sessions SET verified_at = now() - interval '11 minutes' WHERE account_id = $1",
+    )
+    .bind(user.account_id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(aged.rows_affected(), 1);
+
+    let refused = post(&app, "/v1/mfa/totp", Some(&user.token), json!({})).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        refused.json::<Value>().await.unwrap()["code"],
+        "reauthentication_required"
+    );
+
+    let wrong = post(
+        &app,
+        "/v1/sessions/reauthenticate",
+        Some(&user.token),
+        json!({"password": "Wrong-Password-1"}),
+    )
+    .await;
+    assert_eq!(wrong.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        wrong.json::<Value>().await.unwrap()["code"],
+        "invalid_current_password"
+    );
+    let both = post(
+        &app,
+        "/v1/sessions/reauthenticate",
+        Some(&user.token),
+        json!({"password": PASSWORD, "code": "123456"}),
+    )
+    .await;
+    assert_eq!(both.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    let confirmed = post(
+        &app,
+        "/v1/sessions/reauthenticate",
+        Some(&user.token),
+        json!({"password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(confirmed.status(), StatusCode::OK);
+    let enrolled = post(&app, "/v1/mfa/totp", Some(&user.token), json!({})).await;
+    assert_eq!(enrolled.status(), StatusCode::OK);
+
+    let verified = app
+        .committed_events()
+        .iter()
+        .filter(|event| {
+            event.event_type() == "accounts.SessionVerified"
+                && event.subject() == user.account_id.to_string()
+        })
+        .count();
+    assert_eq!(verified, 1);
+}
