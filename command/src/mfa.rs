@@ -324,7 +324,7 @@ struct MfaClaims {
     expires_at: i64,
 }
 
-/// Returns the 401 `mfa_required` answer of a correct password on an account with MFA on.
+/// Returns the 401 `mfa_required` response to a correct password on an account with MFA on.
 pub fn challenge(
     state: &AppState,
     account_id: Uuid,
@@ -487,7 +487,7 @@ pub(crate) async fn verify_second_factor(
             factors
                 .backup_code_hashes
                 .iter()
-                // A used code still matches here; the decider answers code_already_used.
+                // A used code still matches here; the decider rejects it with code_already_used.
                 .position(|stored| bool::from(stored.as_bytes().ct_eq(hash.as_bytes())))
                 .map(|index| SecondFactor::BackupCode {
                     index,

@@ -74,7 +74,7 @@ pub struct SessionStarted {
     pub expires_at: DateTime<Utc>,
     pub user_agent: Option<String>,
     pub ip: Option<String>,
-    /// How the user proved who they are, such as `password`.
+    /// The proof of identity used, such as `password`.
     pub method: String,
 }
 
