@@ -317,7 +317,7 @@ type PasswordRule = (fn(char) -> bool, &'static str, &'static str);
 /// A new password that meets the policy. Wrapped so that it never reaches a log.
 pub struct NewPassword(SecretString);
 
-/// What a new password must not contain: the account's email address and name.
+/// The account data a new password must not contain: the email address and the name.
 #[derive(Default)]
 pub struct PasswordContext<'a> {
     pub email: Option<&'a EmailAddress>,
@@ -329,9 +329,9 @@ pub struct PasswordContext<'a> {
 const MIN_PERSONAL_TOKEN_CHARS: usize = 3;
 
 impl NewPassword {
-    /// Checks the policy; each failed rule has its own code: length, character classes,
-    /// containing the email's local part or a word of the name, and a zxcvbn strength
-    /// estimate that rejects common and guessable passwords.
+    /// Checks the password policy, with one problem code per failed rule. The rules cover
+    /// length, character classes, the email's local part, words of the name, and a zxcvbn
+    /// strength estimate that rejects common and guessable passwords.
     pub fn parse(
         field: &str,
         input: &SecretString,

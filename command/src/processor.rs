@@ -15,8 +15,8 @@
 //!    the events, the replies and the consumed command offsets. If the transaction fails,
 //!    nothing of it is visible and the worker restarts from the committed offsets.
 //!
-//! A command id seen before (an `Idempotency-Key` retry) is answered with its first outcome
-//! and appends nothing. Outcomes of accepted commands are rebuilt from the events' command
+//! A command id seen before (an `Idempotency-Key` retry) gets its first outcome and appends
+//! nothing. Outcomes of accepted commands are rebuilt from the events' command
 //! ids; outcomes of rejected commands are kept in memory only, so after a takeover a retry
 //! of a rejected command is decided again.
 
@@ -390,11 +390,6 @@ impl<'a> Worker<'a> {
             )
             .set("transaction.timeout.ms", "15000")
             .set("linger.ms", "1")
-            // The coordinator answers CONCURRENT_TRANSACTIONS while it writes the previous
-            // transaction's markers, and librdkafka retries after retry.backoff.ms (100 ms by
-            // default), which would add up to 200 ms to every command.
-            .set("retry.backoff.ms", "2")
-            .set("retry.backoff.max.ms", "50")
             .create_with_context(DeliveryRecorder::default())
             .context("failed to create the event producer")?;
         producer.init_transactions(KAFKA_TIMEOUT).with_context(|| {
@@ -615,8 +610,8 @@ fn decide_batch(
                 continue;
             }
         };
-        // A retry that arrives in the same batch as its original shares the original's
-        // outcome; its events are not committed yet, so the state does not know them.
+        // A retry in the same batch as its original gets the original's outcome. The
+        // original's events are not committed yet, so the partition state lacks them.
         if let Some(first) = first_in_batch
             .get(&envelope.command_id)
             .and_then(|index| replies.get(*index))

@@ -17,7 +17,7 @@ pub const CONTENT_TYPE: &str = "application/cloudevents+json";
 
 const SPEC_VERSION: &str = "1.0";
 
-/// Who caused an event.
+/// The kind of actor that caused an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ActorKind {
@@ -53,8 +53,8 @@ pub struct EventMeta {
     pub correlation_id: Uuid,
     pub causation_id: Uuid,
     pub actor: Actor,
-    /// SHA-256 of the request that issued the command, so that a reused idempotency key with
-    /// another request can be told apart from a retry. Absent in older records.
+    /// SHA-256 of the request that issued the command, which distinguishes a retry from a
+    /// reused idempotency key with another request. Absent in older records.
     pub request_digest: Option<String>,
 }
 
