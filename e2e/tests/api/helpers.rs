@@ -354,6 +354,11 @@ fn read_topic(kafka: &KafkaConfig, topic: &str, isolation: &str) -> Vec<Event> {
     events
 }
 
+/// Reads every record of `topic`, those of aborted transactions included.
+pub fn read_all_records(kafka: &KafkaConfig, topic: &str) -> Vec<Event> {
+    read_topic(kafka, topic, "read_uncommitted")
+}
+
 /// Returns the sequence numbers of `subject`'s events, in log order.
 pub fn sequences_of(events: &[Event], subject: &str) -> Vec<u64> {
     events

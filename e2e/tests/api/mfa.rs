@@ -460,3 +460,98 @@ async fn enrolling_needs_a_recent_check() {
         .count();
     assert_eq!(verified, 1);
 }
+
+/// Returns every row of every table in the test database as JSON text.
+async fn dump_tables(pool: &sqlx::PgPool) -> String {
+    let tables: Vec<(String,)> =
+        sqlx::query_as("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let mut dump = String::new();
+    for (table,) in tables {
+        let rows: Vec<(String,)> =
+            sqlx::query_as(&format!("SELECT row_to_json(t)::text FROM \"{table}\" t"))
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        for (row,) in rows {
+            dump.push_str(&row);
+            dump.push('\n');
+        }
+    }
+    dump
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plaintext_secrets_stay_out_of_storage() {
+    let app = spawn_app(1).await;
+    let user = app.new_user().await;
+    let new_password = "Violet-Kettle-Drums-82";
+    let changed = app
+        .http
+        .put(format!("{}/v1/password", app.command_url))
+        .bearer_auth(&user.token)
+        .json(&json!({"current_password": PASSWORD, "new_password": new_password, "confirm_password": new_password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), StatusCode::OK);
+    let (uri, codes) = enable_mfa(&app, &user).await;
+    let secret = uri
+        .split("secret=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let response = app.sign_in(&user.email, new_password).await;
+    let mfa_token = response.json::<Value>().await.unwrap()["mfa_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let session = post(
+        &app,
+        "/v1/sessions/mfa",
+        None,
+        json!({"mfa_token": mfa_token, "backup_code": codes[0]}),
+    )
+    .await;
+    assert_eq!(session.status(), StatusCode::CREATED);
+    let second_token = session.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let topics = app.kafka.topics();
+    let mut stored = dump_tables(&app.pool).await;
+    for topic in [&topics.commands, &topics.events, &topics.replies] {
+        for record in crate::helpers::read_all_records(&app.kafka, topic) {
+            stored.push_str(&record.value.to_string());
+            stored.push('\n');
+        }
+    }
+    assert!(
+        stored.contains(&user.account_id.to_string()),
+        "the dump is empty, so nothing was checked"
+    );
+
+    let mut secrets = vec![
+        PASSWORD.to_owned(),
+        new_password.to_owned(),
+        user.token.clone(),
+        second_token,
+        secret,
+        mfa_token,
+    ];
+    secrets.extend(codes);
+    for value in &secrets {
+        assert!(
+            !stored.contains(value.as_str()),
+            "a plaintext secret is stored: {}…",
+            &value[..4]
+        );
+    }
+}
