@@ -14,7 +14,7 @@ use accounts_platform::kafka::client_config;
 use accounts_platform::KafkaConfig;
 use anyhow::{anyhow, Context};
 use futures::StreamExt;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -72,7 +72,7 @@ impl CommandBus {
             .set("fetch.wait.max.ms", "5")
             .create()
             .context("failed to create the reply consumer")?;
-        let high = reply_partition_end(&consumer, &topics.replies, route.partition).await?;
+        let high = reply_partition_end(kafka, &topics.replies, route.partition).await?;
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(&topics.replies, route.partition, Offset::Offset(high))?;
         consumer
@@ -144,13 +144,25 @@ impl CommandBus {
 /// Returns the end offset of the reply partition, retrying for a minute while a broker
 /// that has just started is still loading.
 async fn reply_partition_end(
-    consumer: &StreamConsumer,
+    kafka: &KafkaConfig,
     topic: &str,
     partition: i32,
 ) -> anyhow::Result<i64> {
+    // Watermark requests block, so they run off the async runtime.
+    let client: Arc<BaseConsumer> = Arc::new(
+        client_config(kafka)
+            .create()
+            .context("failed to create the reply watermark client")?,
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
+        let (request_client, request_topic) = (client.clone(), topic.to_owned());
+        let fetched = tokio::task::spawn_blocking(move || {
+            request_client.fetch_watermarks(&request_topic, partition, Duration::from_secs(5))
+        })
+        .await
+        .context("reply watermark task failed")?;
+        match fetched {
             Ok((_, high)) => return Ok(high),
             Err(error) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(%error, topic, partition, "failed to read the end of the reply partition; retrying");

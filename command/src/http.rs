@@ -49,7 +49,7 @@ pub struct AppState {
     pub progress: ProjectionProgress,
     pub hasher: PasswordHasherPool,
     pub sign_in_limits: crate::ratelimit::SignInLimits,
-    /// How recent a password or second-factor check must be for sensitive changes.
+    /// The maximum age of a password or second-factor check for sensitive changes.
     pub step_up_window: chrono::Duration,
     /// Wrong second-factor codes in a row that lock the factor.
     pub mfa_lock_after: u32,
@@ -255,6 +255,31 @@ pub(crate) struct Executed {
 }
 
 impl AppState {
+    /// Runs a command that the signed-in account issues on itself, with a fresh command id
+    /// and no expected version.
+    pub(crate) async fn execute_for_account(
+        &self,
+        account_id: Uuid,
+        command: Command,
+        address: SocketAddr,
+        headers: &HeaderMap,
+    ) -> Result<Executed, Problem> {
+        let actor = actor(
+            ActorKind::Account,
+            Some(account_id.to_string()),
+            address,
+            headers,
+        );
+        self.execute(
+            AggregateId::Account(account_id),
+            Uuid::now_v7(),
+            None,
+            actor,
+            command,
+        )
+        .await
+    }
+
     pub(crate) async fn execute(
         &self,
         aggregate: AggregateId,

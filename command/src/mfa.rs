@@ -214,20 +214,8 @@ pub async fn start_enrollment(
         account_id,
         secret_ciphertext: sealed,
     };
-    let actor = actor(
-        ActorKind::Account,
-        Some(account_id.to_string()),
-        address,
-        &headers,
-    );
     let executed = state
-        .execute(
-            AggregateId::Account(account_id),
-            Uuid::now_v7(),
-            None,
-            actor,
-            command,
-        )
+        .execute_for_account(account_id, command, address, &headers)
         .await?;
     let body = Enrollment {
         secret: totp.get_secret_base32(),
@@ -248,6 +236,18 @@ pub struct CodeRequest {
 #[derive(Serialize, ToSchema)]
 pub struct BackupCodes {
     pub backup_codes: Vec<String>,
+}
+
+impl BackupCodes {
+    /// Draws a new set of codes. Returns them for the response and their hashes to store.
+    fn issue() -> (Self, Vec<String>) {
+        let backup_codes: Vec<String> = (0..BACKUP_CODES).map(|_| new_backup_code()).collect();
+        let hashes = backup_codes
+            .iter()
+            .map(|code| hash_backup_code(code))
+            .collect();
+        (Self { backup_codes }, hashes)
+    }
 }
 
 /// Confirms the pending TOTP factor with a valid code and turns MFA on.
@@ -284,36 +284,18 @@ pub async fn confirm_enrollment(
     let totp = totp(secret, &factors.email)?;
     let step = matching_step(&totp, request.code.trim(), unix_now()).ok_or_else(invalid_code)?;
 
-    let codes: Vec<String> = (0..BACKUP_CODES).map(|_| new_backup_code()).collect();
+    let (codes, hashes) = BackupCodes::issue();
     let command = Command::ConfirmTotp {
         account_id,
         secret_ciphertext: pending,
         step,
-        backup_code_hashes: codes.iter().map(|code| hash_backup_code(code)).collect(),
+        backup_code_hashes: hashes,
         credential_version: u64::try_from(factors.credential_version).unwrap_or_default(),
     };
-    let actor = actor(
-        ActorKind::Account,
-        Some(account_id.to_string()),
-        address,
-        &headers,
-    );
     let executed = state
-        .execute(
-            AggregateId::Account(account_id),
-            Uuid::now_v7(),
-            None,
-            actor,
-            command,
-        )
+        .execute_for_account(account_id, command, address, &headers)
         .await?;
-    Ok((
-        accepted_status(&executed, StatusCode::OK),
-        Json(BackupCodes {
-            backup_codes: codes,
-        }),
-    )
-        .into_response())
+    Ok((accepted_status(&executed, StatusCode::OK), Json(codes)).into_response())
 }
 
 /// The claims of an MFA token, sealed so that only this service can read or forge them.
@@ -545,20 +527,8 @@ pub async fn disable(
         second_factor,
         credential_version: u64::try_from(factors.credential_version).unwrap_or_default(),
     };
-    let actor = actor(
-        ActorKind::Account,
-        Some(account_id.to_string()),
-        address,
-        &headers,
-    );
     let executed = state
-        .execute(
-            AggregateId::Account(account_id),
-            Uuid::now_v7(),
-            None,
-            actor,
-            command,
-        )
+        .execute_for_account(account_id, command, address, &headers)
         .await?;
     let body = serde_json::json!({"mfa_enabled": false, "version": executed.version});
     Ok((accepted_status(&executed, StatusCode::OK), Json(body)).into_response())
@@ -591,35 +561,17 @@ pub async fn regenerate_backup_codes(
         return Err(invalid_code());
     };
 
-    let codes: Vec<String> = (0..BACKUP_CODES).map(|_| new_backup_code()).collect();
+    let (codes, hashes) = BackupCodes::issue();
     let command = Command::RegenerateBackupCodes {
         account_id,
         credential_version: u64::try_from(factors.credential_version).unwrap_or_default(),
         step,
-        backup_code_hashes: codes.iter().map(|code| hash_backup_code(code)).collect(),
+        backup_code_hashes: hashes,
     };
-    let actor = actor(
-        ActorKind::Account,
-        Some(account_id.to_string()),
-        address,
-        &headers,
-    );
     let executed = state
-        .execute(
-            AggregateId::Account(account_id),
-            Uuid::now_v7(),
-            None,
-            actor,
-            command,
-        )
+        .execute_for_account(account_id, command, address, &headers)
         .await?;
-    Ok((
-        accepted_status(&executed, StatusCode::OK),
-        Json(BackupCodes {
-            backup_codes: codes,
-        }),
-    )
-        .into_response())
+    Ok((accepted_status(&executed, StatusCode::OK), Json(codes)).into_response())
 }
 
 #[cfg(test)]

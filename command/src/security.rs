@@ -61,20 +61,8 @@ async fn revoke(
         scope,
         current_session: caller.session_id,
     };
-    let actor = actor(
-        ActorKind::Account,
-        Some(account_id.to_string()),
-        address,
-        headers,
-    );
     state
-        .execute(
-            AggregateId::Account(account_id),
-            Uuid::now_v7(),
-            None,
-            actor,
-            command,
-        )
+        .execute_for_account(account_id, command, address, headers)
         .await
 }
 
@@ -399,20 +387,8 @@ pub async fn reauthenticate(
         credential_version: u64::try_from(credential_version).unwrap_or_default(),
         second_factor,
     };
-    let actor = actor(
-        ActorKind::Account,
-        Some(account_id.to_string()),
-        address,
-        &headers,
-    );
     let executed = state
-        .execute(
-            AggregateId::Account(account_id),
-            Uuid::now_v7(),
-            None,
-            actor,
-            command,
-        )
+        .execute_for_account(account_id, command, address, &headers)
         .await?;
     let body = CommandResponse {
         version: executed.version,
