@@ -403,7 +403,7 @@ fn use_second_factor(
     }
 }
 
-/// Longest second-factor lock, however many failures came before.
+/// Maximum second-factor lock in seconds, however many failures came before.
 const MAX_LOCK_SECONDS: u64 = 3600;
 
 /// Returns the ids of the sessions active at `now`, leaving out `except`.

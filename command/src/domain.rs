@@ -44,6 +44,7 @@ impl EmailAddress {
                 format!("an email address has at most {MAX_EMAIL_BYTES} bytes"),
             ));
         }
+
         let invalid = || {
             field_error(
                 field,
@@ -58,16 +59,19 @@ impl EmailAddress {
         if typed.chars().any(hidden) {
             return Err(invalid());
         }
+
         let ascii_domain = idna::domain_to_ascii(domain).map_err(|_| invalid())?;
         if local.is_empty() || !is_host_name(&ascii_domain) {
             return Err(invalid());
         }
+
         let ascii_form = format!("{local}@{ascii_domain}");
         if !email_address::EmailAddress::is_valid(&ascii_form)
             && !email_address::EmailAddress::is_valid(typed)
         {
             return Err(invalid());
         }
+
         Ok(Self {
             typed: typed.to_owned(),
             normalized: format!("{}@{}", local.to_lowercase(), ascii_domain.to_lowercase()),
@@ -268,6 +272,7 @@ impl BusinessPhone {
     pub fn parse(field: &str, country_code: &str, number: &str) -> Result<Self, FieldError> {
         let code_field = format!("{field}.country_code");
         let number_field = format!("{field}.number");
+
         let code = country_code.trim().trim_start_matches('+');
         if code.is_empty() || code.len() > 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
             return Err(field_error(
@@ -276,6 +281,7 @@ impl BusinessPhone {
                 "enter a country calling code such as +91",
             ));
         }
+
         let typed = number.trim();
         if typed.is_empty()
             || typed.len() > 32
@@ -289,6 +295,7 @@ impl BusinessPhone {
                 "enter digits only, spaces allowed",
             ));
         }
+
         let digits: String = typed.chars().filter(char::is_ascii_digit).collect();
         let invalid = || {
             field_error(
@@ -297,10 +304,12 @@ impl BusinessPhone {
                 format!("+{code} {typed} is not a valid phone number for that country code"),
             )
         };
+
         let parsed = phonenumber::parse(None, format!("+{code}{digits}")).map_err(|_| invalid())?;
         if !phonenumber::is_valid(&parsed) {
             return Err(invalid());
         }
+
         Ok(Self(
             parsed.format().mode(phonenumber::Mode::E164).to_string(),
         ))

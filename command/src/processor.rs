@@ -16,9 +16,9 @@
 //!    nothing of it is visible and the worker restarts from the committed offsets.
 //!
 //! A command id seen before (an `Idempotency-Key` retry) gets its first outcome and appends
-//! nothing. Outcomes of accepted commands are rebuilt from the events' command
-//! ids; outcomes of rejected commands are kept in memory only, so after a takeover a retry
-//! of a rejected command is decided again.
+//! nothing. Outcomes of accepted commands are rebuilt from the events' command ids.
+//! Outcomes of rejected commands are kept in memory only, so after a takeover a retry of a
+//! rejected command is decided again.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

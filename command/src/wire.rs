@@ -172,7 +172,7 @@ impl std::fmt::Debug for Command {
     }
 }
 
-/// Which sessions a revocation ends.
+/// The sessions a revocation ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RevokeScope {

@@ -1,10 +1,10 @@
 //! The record envelope: a CloudEvents 1.0 JSON object in structured mode.
 //!
-//! Besides the standard attributes, each record carries these extension attributes:
-//! `aggregatetype`, `aggregatesequence` (the aggregate's version after this event, starting
-//! at 1), `schemaversion`, `commandid`, `correlationid`, `causationid`, and the actor as
-//! `actortype`, `actorid`, `actorip` and `actoruseragent`, and `requestdigest` (the SHA-256
-//! of the request behind the command) when known.
+//! Besides the standard attributes, each record carries extension attributes.
+//! `aggregatetype` and `aggregatesequence` name the aggregate and its version after this
+//! event, starting at 1. `schemaversion`, `commandid`, `correlationid` and `causationid`
+//! follow. The actor is in `actortype`, `actorid`, `actorip` and `actoruseragent`.
+//! `requestdigest`, the SHA-256 of the request behind the command, is present when known.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -105,7 +105,7 @@ pub enum DecodeError {
     Payload(#[from] PayloadError),
 }
 
-/// What a reader found in a record.
+/// The content a reader found in a record.
 #[derive(Debug)]
 pub enum Decoded {
     Event(Box<RecordedEvent>),

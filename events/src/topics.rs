@@ -72,7 +72,7 @@ impl AggregateId {
         }
     }
 
-    /// Returns the partition that holds this aggregate's commands and events.
+    /// Returns the partition that contains this aggregate's commands and events.
     pub fn partition(&self, partitions: i32) -> i32 {
         partition_for(&self.key(), partitions)
     }

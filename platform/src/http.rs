@@ -119,7 +119,7 @@ pub async fn track_requests(
     response
 }
 
-/// Longest time a request may take, reading its body included, before it gets 408.
+/// Maximum time a request may take, reading its body included, before it gets 408.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Adds what every API router shares: problem+json 404 and 405 responses, request

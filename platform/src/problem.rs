@@ -120,7 +120,7 @@ impl Problem {
         )
     }
 
-    /// Builds a 503 that asks the client to retry after `seconds`.
+    /// Builds a 503 that tells the client to retry after `seconds`.
     pub fn unavailable(code: &str, detail: impl Into<String>, seconds: u64) -> Self {
         let mut problem = Self::new(StatusCode::SERVICE_UNAVAILABLE, code, detail);
         problem.0.retry_after = Some(seconds);

@@ -1,4 +1,4 @@
-//! How each event changes the read models. Every statement is idempotent and guarded by
+//! The read-model changes of each event. Every statement is idempotent and guarded by
 //! the aggregate sequence, so replays and out-of-date events change nothing.
 
 use accounts_events::{DomainEvent, RecordedEvent};

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
-/// Longest wait for `X-Min-Position`.
+/// Maximum wait for `X-Min-Position`.
 const MIN_POSITION_WAIT: Duration = Duration::from_secs(2);
 
 /// Settings of `accounts-query serve`.

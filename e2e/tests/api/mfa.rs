@@ -401,7 +401,7 @@ async fn enrolling_needs_a_recent_check() {
     let app = spawn_app(1).await;
     let user = app.new_user().await;
 
-    // The test stack asks for a check within 10 minutes; age the session's last one.
+    // The test stack requires a check within 10 minutes, so age the session's last one.
     let aged = sqlx::query(
         "UPDATE sessions SET verified_at = now() - interval '11 minutes' WHERE account_id = $1",
     )
