@@ -3,9 +3,11 @@
 
 use accounts_events::{
     AccountRegistered, AccountState, BackupCodeUsed, BackupCodesRegenerated, DomainEvent,
-    EmailClaimState, EmailClaimed, PasswordChanged, ProfileUpdated, SecondFactorFailed,
-    SessionStarted, SessionVerified, SessionsRevoked, TotpDisabled, TotpEnabled,
-    TotpEnrollmentStarted, TotpStepUsed,
+    EmailChangeCancelled, EmailChangeConfirmed, EmailChangeFailed, EmailChanged, EmailClaimState,
+    EmailClaimed, EmailReleased, EmailVerificationRequested, EmailVerified, PasswordChanged,
+    PasswordReset, PasswordResetRequested, ProfileUpdated, SecondFactorFailed, SessionStarted,
+    SessionVerified, SessionsRevoked, TotpDisabled, TotpEnabled, TotpEnrollmentStarted,
+    TotpStepUsed,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -45,9 +47,53 @@ pub enum Rejection {
     SessionAlreadyExpired,
     #[error("the command does not fit the aggregate it was sent to")]
     Misaddressed,
+    #[error("the email link expired, was replaced by a newer one or was used")]
+    EmailTokenInvalid,
+    #[error("the password-reset link expired, was replaced by a newer one or was used")]
+    ResetTokenInvalid,
+    #[error("the new address is the account's current address")]
+    EmailUnchanged,
+    #[error("no email change is pending")]
+    NoPendingEmailChange,
 }
 
+/// The result of a command: the events to append, in order, with their aggregate, the next
+/// step of a saga, and the reply to the waiting request.
+#[derive(Debug, Default)]
+pub struct Decision {
+    pub events: Vec<(EventTarget, DomainEvent)>,
+    /// A command for another aggregate, sent in the same transaction as the events.
+    pub next: Option<Command>,
+    pub answer: Answer,
+}
+
+/// The reply to the request that sent a command.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub enum Answer {
+    #[default]
+    Accepted,
+    /// The events are appended, and the request is told why its goal was not reached.
+    Rejected(Rejection),
+    /// A later step of the saga replies.
+    Later,
+}
+
+impl Decision {
+    fn accepted(events: Vec<(EventTarget, DomainEvent)>) -> Self {
+        Self {
+            events,
+            ..Self::default()
+        }
+    }
+}
+
+/// The purpose of a verification link for the account's own address.
+pub const PURPOSE_REGISTRATION: &str = "registration";
+/// The purpose of a verification link for a new address.
+pub const PURPOSE_EMAIL_CHANGE: &str = "email_change";
+
 /// The state a command is decided against.
+#[derive(Clone, Copy)]
 pub enum Target<'a> {
     /// Registration: the email claim and the account that would be created.
     Registration {
@@ -55,6 +101,8 @@ pub enum Target<'a> {
         account: &'a AccountState,
     },
     Account(&'a AccountState),
+    /// A saga step addressed to the claim on an address.
+    Claim(&'a EmailClaimState),
 }
 
 /// The aggregate an event belongs to.
@@ -64,8 +112,302 @@ pub enum EventTarget {
     EmailClaim,
 }
 
-/// Decides a command. Returns the events to append, in order, with their aggregate.
+/// Decides a command against the state of its aggregate at `now`.
 pub fn decide(
+    target: Target<'_>,
+    command: &Command,
+    expected_version: Option<u64>,
+    now: DateTime<Utc>,
+) -> Result<Decision, Rejection> {
+    match (target, command) {
+        (
+            Target::Account(account),
+            Command::RequestEmailChange {
+                email,
+                email_normalized,
+                token,
+                ..
+            },
+        ) => {
+            require_version(account, expected_version)?;
+            if *email == account.email {
+                return Err(Rejection::EmailUnchanged);
+            }
+            Ok(Decision::accepted(vec![(
+                EventTarget::Account,
+                DomainEvent::EmailVerificationRequested(EmailVerificationRequested {
+                    email: email.clone(),
+                    email_normalized: email_normalized.clone(),
+                    purpose: PURPOSE_EMAIL_CHANGE.to_owned(),
+                    token_sha256: token.token_sha256.clone(),
+                    token_ciphertext: token.token_ciphertext.clone(),
+                    expires_at: token.expires_at,
+                }),
+            )]))
+        }
+        (
+            Target::Account(account),
+            Command::ConfirmEmail {
+                account_id,
+                token_sha256,
+            },
+        ) => confirm_email(account, *account_id, token_sha256, now),
+        (Target::Account(account), Command::CancelEmailChange { .. }) => {
+            require_version(account, expected_version)?;
+            let pending = account
+                .pending_email
+                .as_ref()
+                .filter(|pending| pending.purpose == PURPOSE_EMAIL_CHANGE)
+                .map(|pending| pending.email.clone())
+                .or_else(|| {
+                    account
+                        .claiming_email
+                        .as_ref()
+                        .map(|(email, _)| email.clone())
+                })
+                .ok_or(Rejection::NoPendingEmailChange)?;
+            Ok(Decision::accepted(vec![(
+                EventTarget::Account,
+                DomainEvent::EmailChangeCancelled(EmailChangeCancelled { email: pending }),
+            )]))
+        }
+        (
+            Target::Claim(claim),
+            Command::ClaimEmail {
+                account_id,
+                email,
+                email_normalized,
+            },
+        ) => {
+            let (events, next) = match claim.account_id {
+                None => (
+                    vec![(
+                        EventTarget::EmailClaim,
+                        DomainEvent::EmailClaimed(EmailClaimed {
+                            email_normalized: email_normalized.clone(),
+                            account_id: *account_id,
+                        }),
+                    )],
+                    complete(*account_id, email, email_normalized),
+                ),
+                Some(holder) if holder == *account_id => {
+                    (vec![], complete(*account_id, email, email_normalized))
+                }
+                Some(_) => (
+                    vec![],
+                    Command::AbortEmailChange {
+                        account_id: *account_id,
+                        email: email.clone(),
+                    },
+                ),
+            };
+            Ok(Decision {
+                events,
+                next: Some(next),
+                answer: Answer::Later,
+            })
+        }
+        (
+            Target::Account(account),
+            Command::CompleteEmailChange {
+                account_id,
+                email,
+                email_normalized,
+            },
+        ) => {
+            require_version(account, None)?;
+            let waiting = account
+                .claiming_email
+                .as_ref()
+                .is_some_and(|(_, claiming)| claiming == email_normalized);
+            if !waiting {
+                // The change was cancelled or replaced while the claim was taken: give the
+                // claim back.
+                let release = (account.email_normalized != *email_normalized).then(|| {
+                    Command::ReleaseEmail {
+                        account_id: *account_id,
+                        email_normalized: email_normalized.clone(),
+                    }
+                });
+                return Ok(Decision {
+                    events: vec![],
+                    next: release,
+                    answer: Answer::Rejected(Rejection::EmailTokenInvalid),
+                });
+            }
+            let release =
+                (account.email_normalized != *email_normalized).then(|| Command::ReleaseEmail {
+                    account_id: *account_id,
+                    email_normalized: account.email_normalized.clone(),
+                });
+            Ok(Decision {
+                events: vec![(
+                    EventTarget::Account,
+                    DomainEvent::EmailChanged(EmailChanged {
+                        previous_email: account.email.clone(),
+                        email: email.clone(),
+                        email_normalized: email_normalized.clone(),
+                    }),
+                )],
+                next: release,
+                answer: Answer::Accepted,
+            })
+        }
+        (Target::Account(account), Command::AbortEmailChange { email, .. }) => {
+            require_version(account, None)?;
+            let waiting = account
+                .claiming_email
+                .as_ref()
+                .is_some_and(|(claiming, _)| claiming == email);
+            let events = if waiting {
+                vec![(
+                    EventTarget::Account,
+                    DomainEvent::EmailChangeFailed(EmailChangeFailed {
+                        email: email.clone(),
+                        reason: "email_taken".to_owned(),
+                    }),
+                )]
+            } else {
+                vec![]
+            };
+            Ok(Decision {
+                events,
+                next: None,
+                answer: Answer::Rejected(Rejection::EmailTaken),
+            })
+        }
+        (
+            Target::Claim(claim),
+            Command::ReleaseEmail {
+                account_id,
+                email_normalized,
+            },
+        ) => {
+            let events = if claim.account_id == Some(*account_id) {
+                vec![(
+                    EventTarget::EmailClaim,
+                    DomainEvent::EmailReleased(EmailReleased {
+                        email_normalized: email_normalized.clone(),
+                        account_id: *account_id,
+                    }),
+                )]
+            } else {
+                vec![]
+            };
+            Ok(Decision {
+                events,
+                next: None,
+                answer: Answer::Later,
+            })
+        }
+        (Target::Account(account), Command::RequestPasswordReset { token, .. }) => {
+            require_version(account, expected_version)?;
+            Ok(Decision::accepted(vec![(
+                EventTarget::Account,
+                DomainEvent::PasswordResetRequested(PasswordResetRequested {
+                    email: account.email.clone(),
+                    token_sha256: token.token_sha256.clone(),
+                    token_ciphertext: token.token_ciphertext.clone(),
+                    expires_at: token.expires_at,
+                }),
+            )]))
+        }
+        (
+            Target::Account(account),
+            Command::ResetPassword {
+                token_sha256,
+                password_hash,
+                ..
+            },
+        ) => {
+            require_version(account, expected_version)?;
+            let valid = account
+                .password_reset
+                .as_ref()
+                .is_some_and(|reset| reset.token_sha256 == *token_sha256 && reset.expires_at > now);
+            if !valid {
+                return Err(Rejection::ResetTokenInvalid);
+            }
+            let reset = DomainEvent::PasswordReset(PasswordReset {
+                password_hash: password_hash.clone(),
+                credential_version: account.credential_version + 1,
+            });
+            let sessions = active_sessions(account, now, None);
+            Ok(Decision::accepted(
+                std::iter::once((EventTarget::Account, reset))
+                    .chain(revoke(sessions, "password_reset"))
+                    .collect(),
+            ))
+        }
+        (target, command) => {
+            decide_events(target, command, expected_version, now).map(Decision::accepted)
+        }
+    }
+}
+
+/// Confirms a mailed link: verifies the account's own address, or starts the claim on a
+/// new one.
+fn confirm_email(
+    account: &AccountState,
+    account_id: Uuid,
+    token_sha256: &str,
+    now: DateTime<Utc>,
+) -> Result<Decision, Rejection> {
+    require_version(account, None)?;
+    let pending = account
+        .pending_email
+        .as_ref()
+        .filter(|pending| pending.token_sha256 == token_sha256 && pending.expires_at > now)
+        .ok_or(Rejection::EmailTokenInvalid)?;
+    if pending.purpose == PURPOSE_REGISTRATION {
+        if pending.email != account.email {
+            return Err(Rejection::EmailTokenInvalid);
+        }
+        return Ok(Decision::accepted(vec![(
+            EventTarget::Account,
+            DomainEvent::EmailVerified(EmailVerified {
+                email: pending.email.clone(),
+            }),
+        )]));
+    }
+    if pending.email_normalized == account.email_normalized {
+        // Only the spelling changes; the account already holds the claim.
+        return Ok(Decision::accepted(vec![(
+            EventTarget::Account,
+            DomainEvent::EmailChanged(EmailChanged {
+                previous_email: account.email.clone(),
+                email: pending.email.clone(),
+                email_normalized: pending.email_normalized.clone(),
+            }),
+        )]));
+    }
+    Ok(Decision {
+        events: vec![(
+            EventTarget::Account,
+            DomainEvent::EmailChangeConfirmed(EmailChangeConfirmed {
+                email: pending.email.clone(),
+                email_normalized: pending.email_normalized.clone(),
+            }),
+        )],
+        next: Some(Command::ClaimEmail {
+            account_id,
+            email: pending.email.clone(),
+            email_normalized: pending.email_normalized.clone(),
+        }),
+        answer: Answer::Later,
+    })
+}
+
+fn complete(account_id: Uuid, email: &str, email_normalized: &str) -> Command {
+    Command::CompleteEmailChange {
+        account_id,
+        email: email.to_owned(),
+        email_normalized: email_normalized.to_owned(),
+    }
+}
+
+/// Decides the commands that append events and answer at once.
+fn decide_events(
     target: Target<'_>,
     command: &Command,
     expected_version: Option<u64>,
@@ -80,6 +422,7 @@ pub fn decide(
                 email_normalized,
                 name,
                 password_hash,
+                verification,
             },
         ) => {
             if claim.account_id.is_some() {
@@ -89,7 +432,7 @@ pub fn decide(
                 // A UUIDv7 collision; the caller retries with a fresh id.
                 return Err(Rejection::Misaddressed);
             }
-            Ok(vec![
+            Ok([
                 (
                     EventTarget::EmailClaim,
                     DomainEvent::EmailClaimed(EmailClaimed {
@@ -107,7 +450,22 @@ pub fn decide(
                         password_hash: password_hash.clone(),
                     }),
                 ),
-            ])
+            ]
+            .into_iter()
+            .chain(verification.as_ref().map(|token| {
+                (
+                    EventTarget::Account,
+                    DomainEvent::EmailVerificationRequested(EmailVerificationRequested {
+                        email: email.clone(),
+                        email_normalized: email_normalized.clone(),
+                        purpose: PURPOSE_REGISTRATION.to_owned(),
+                        token_sha256: token.token_sha256.clone(),
+                        token_ciphertext: token.token_ciphertext.clone(),
+                        expires_at: token.expires_at,
+                    }),
+                )
+            }))
+            .collect())
         }
         (Target::Account(account), Command::UpdateProfile { changes, .. }) => {
             require_version(account, expected_version)?;
@@ -515,7 +873,16 @@ pub fn account_of(command: &Command) -> Uuid {
         | Command::RecordSecondFactorFailure { account_id, .. }
         | Command::DisableTotp { account_id, .. }
         | Command::VerifySession { account_id, .. }
-        | Command::RegenerateBackupCodes { account_id, .. } => *account_id,
+        | Command::RegenerateBackupCodes { account_id, .. }
+        | Command::RequestEmailChange { account_id, .. }
+        | Command::ConfirmEmail { account_id, .. }
+        | Command::CancelEmailChange { account_id }
+        | Command::ClaimEmail { account_id, .. }
+        | Command::CompleteEmailChange { account_id, .. }
+        | Command::AbortEmailChange { account_id, .. }
+        | Command::ReleaseEmail { account_id, .. }
+        | Command::RequestPasswordReset { account_id, .. }
+        | Command::ResetPassword { account_id, .. } => *account_id,
     }
 }
 
@@ -524,6 +891,16 @@ mod tests {
     use super::*;
     use accounts_events::{Actor, ActorKind, EventMeta, RecordedEvent};
     use chrono::TimeZone;
+
+    /// The events of `super::decide`, for the rules that answer at once.
+    fn decide(
+        target: Target<'_>,
+        command: &Command,
+        expected_version: Option<u64>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(EventTarget, DomainEvent)>, Rejection> {
+        super::decide(target, command, expected_version, now).map(|decision| decision.events)
+    }
 
     fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 12, 4, 12, 0, 0).unwrap()
@@ -669,6 +1046,7 @@ mod tests {
             email_normalized: "zoe@example.com".into(),
             name: "Zoë".into(),
             password_hash: "$argon2id$stub".into(),
+            verification: None,
         };
         let events = decide(
             Target::Registration {
@@ -1080,5 +1458,176 @@ mod tests {
             after
         )
         .is_ok());
+    }
+
+    fn mail_token(hash: &str, expires_at: DateTime<Utc>) -> crate::wire::MailToken {
+        crate::wire::MailToken {
+            token_sha256: hash.into(),
+            token_ciphertext: "v1:test:nonce:ciphertext".into(),
+            expires_at,
+        }
+    }
+
+    fn change_requested(hash: &str, expires_at: DateTime<Utc>) -> DomainEvent {
+        DomainEvent::EmailVerificationRequested(EmailVerificationRequested {
+            email: "New@Example.com".into(),
+            email_normalized: "new@example.com".into(),
+            purpose: PURPOSE_EMAIL_CHANGE.into(),
+            token_sha256: hash.into(),
+            token_ciphertext: "v1:test:nonce:ciphertext".into(),
+            expires_at,
+        })
+    }
+
+    fn confirm_email(hash: &str) -> Command {
+        Command::ConfirmEmail {
+            account_id: Uuid::nil(),
+            token_sha256: hash.into(),
+        }
+    }
+
+    #[test]
+    fn confirming_a_change_starts_the_claim_and_answers_later() {
+        let state = given(&[
+            registered(),
+            change_requested("newer", now() + chrono::Duration::hours(1)),
+        ]);
+        let decision = super::decide(
+            Target::Account(&state),
+            &confirm_email("newer"),
+            None,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(decision.answer, Answer::Later);
+        assert!(matches!(
+            decision.events.as_slice(),
+            [(_, DomainEvent::EmailChangeConfirmed(_))]
+        ));
+        assert!(matches!(
+            decision.next,
+            Some(Command::ClaimEmail { ref email_normalized, .. }) if email_normalized == "new@example.com"
+        ));
+    }
+
+    #[test]
+    fn only_the_latest_unexpired_link_confirms() {
+        let state = given(&[
+            registered(),
+            change_requested("older", now() + chrono::Duration::hours(1)),
+            change_requested("newer", now() + chrono::Duration::hours(1)),
+        ]);
+        assert_eq!(
+            decide(
+                Target::Account(&state),
+                &confirm_email("older"),
+                None,
+                now()
+            ),
+            Err(Rejection::EmailTokenInvalid)
+        );
+        let expired = given(&[registered(), change_requested("newer", now())]);
+        assert_eq!(
+            decide(
+                Target::Account(&expired),
+                &confirm_email("newer"),
+                None,
+                now()
+            ),
+            Err(Rejection::EmailTokenInvalid)
+        );
+    }
+
+    #[test]
+    fn a_claim_held_by_another_account_aborts_the_change() {
+        let claim = EmailClaimState {
+            account_id: Some(Uuid::now_v7()),
+            version: 1,
+        };
+        let command = Command::ClaimEmail {
+            account_id: Uuid::nil(),
+            email: "New@Example.com".into(),
+            email_normalized: "new@example.com".into(),
+        };
+        let decision = super::decide(Target::Claim(&claim), &command, None, now()).unwrap();
+        assert!(decision.events.is_empty());
+        assert!(matches!(
+            decision.next,
+            Some(Command::AbortEmailChange { .. })
+        ));
+
+        let free = EmailClaimState::default();
+        let decision = super::decide(Target::Claim(&free), &command, None, now()).unwrap();
+        assert!(matches!(
+            decision.events.as_slice(),
+            [(EventTarget::EmailClaim, DomainEvent::EmailClaimed(_))]
+        ));
+        assert!(matches!(
+            decision.next,
+            Some(Command::CompleteEmailChange { .. })
+        ));
+    }
+
+    #[test]
+    fn completing_a_cancelled_change_gives_the_claim_back() {
+        let state = given(&[registered()]);
+        let command = Command::CompleteEmailChange {
+            account_id: Uuid::nil(),
+            email: "New@Example.com".into(),
+            email_normalized: "new@example.com".into(),
+        };
+        let decision = super::decide(Target::Account(&state), &command, None, now()).unwrap();
+        assert!(decision.events.is_empty());
+        assert_eq!(
+            decision.answer,
+            Answer::Rejected(Rejection::EmailTokenInvalid)
+        );
+        assert!(matches!(
+            decision.next,
+            Some(Command::ReleaseEmail { ref email_normalized, .. }) if email_normalized == "new@example.com"
+        ));
+    }
+
+    #[test]
+    fn a_password_change_voids_the_reset_link() {
+        let requested = |hash: &str| {
+            DomainEvent::PasswordResetRequested(PasswordResetRequested {
+                email: "zoe@example.com".into(),
+                token_sha256: hash.into(),
+                token_ciphertext: "v1:test:nonce:ciphertext".into(),
+                expires_at: now() + chrono::Duration::hours(1),
+            })
+        };
+        let reset = Command::ResetPassword {
+            account_id: Uuid::nil(),
+            token_sha256: "token".into(),
+            password_hash: "$argon2id$new".into(),
+        };
+        let state = given(&[registered(), requested("token")]);
+        let events = decide(Target::Account(&state), &reset, None, now()).unwrap();
+        assert!(matches!(events[0].1, DomainEvent::PasswordReset(_)));
+
+        let changed = DomainEvent::PasswordChanged(PasswordChanged {
+            password_hash: "$argon2id$other".into(),
+            credential_version: 2,
+        });
+        let state = given(&[registered(), requested("token"), changed]);
+        assert_eq!(
+            decide(Target::Account(&state), &reset, None, now()),
+            Err(Rejection::ResetTokenInvalid)
+        );
+        let request = Command::RequestPasswordReset {
+            account_id: Uuid::nil(),
+            token: mail_token("token", now()),
+        };
+        assert_eq!(
+            decide(
+                Target::Account(&AccountState::default()),
+                &request,
+                None,
+                now()
+            ),
+            Err(Rejection::AccountNotFound)
+        );
     }
 }

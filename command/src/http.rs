@@ -48,7 +48,7 @@ pub struct AppState {
     pub auth: accounts_platform::SessionAuth,
     pub progress: ProjectionProgress,
     pub hasher: PasswordHasherPool,
-    pub sign_in_limits: crate::ratelimit::SignInLimits,
+    pub sign_in_limits: crate::ratelimit::AttemptLimits,
     /// The maximum age of a password or second-factor check for sensitive changes.
     pub step_up_window: chrono::Duration,
     /// Wrong second-factor codes in a row that lock the factor.
@@ -61,6 +61,11 @@ pub struct AppState {
     pub session_ttl: chrono::Duration,
     /// How long a response waits for the read models to include a command's events.
     pub visibility_timeout: Duration,
+    /// How long a link mailed to verify an address stays valid.
+    pub email_link_ttl: chrono::Duration,
+    /// How long a password-reset link stays valid.
+    pub reset_link_ttl: chrono::Duration,
+    pub reset_limits: crate::ratelimit::AttemptLimits,
 }
 
 #[derive(OpenApi)]
@@ -280,14 +285,16 @@ impl AppState {
         .await
     }
 
-    pub(crate) async fn execute(
+    /// Sends a command to its decider and returns the outcome, without waiting for the
+    /// read models.
+    pub(crate) async fn send(
         &self,
         aggregate: AggregateId,
         command_id: Uuid,
         expected_version: Option<u64>,
         actor: Actor,
         command: Command,
-    ) -> Result<Executed, Problem> {
+    ) -> Result<Outcome, Problem> {
         let envelope = CommandEnvelope {
             command_id,
             request_id: Uuid::new_v4(),
@@ -300,22 +307,37 @@ impl AppState {
             request_digest: Some(command.request_digest(expected_version)),
             command,
         };
-        let outcome = match self
+        match self
             .bus
             .send(aggregate.partition(self.partitions), &envelope)
             .await
         {
-            Ok(outcome) => outcome,
+            Ok(outcome) => Ok(outcome),
             Err(BusError::Timeout(waited)) => {
                 tracing::warn!(%command_id, ?waited, "command got no reply in time");
-                return Err(Problem::unavailable(
+                Err(Problem::unavailable(
                     "command_timeout",
                     "the command was sent but not confirmed in time; retry with the same Idempotency-Key to get its outcome",
                     1,
-                ));
+                ))
             }
-            Err(BusError::Kafka(error)) => return Err(internal_error(&error)),
-        };
+            Err(BusError::Kafka(error)) => Err(internal_error(&error)),
+        }
+    }
+
+    /// Runs a command and waits, within the visibility timeout, until the read models show
+    /// its events.
+    pub(crate) async fn execute(
+        &self,
+        aggregate: AggregateId,
+        command_id: Uuid,
+        expected_version: Option<u64>,
+        actor: Actor,
+        command: Command,
+    ) -> Result<Executed, Problem> {
+        let outcome = self
+            .send(aggregate, command_id, expected_version, actor, command)
+            .await?;
         let (account_id, version, position) = match outcome {
             Outcome::Accepted {
                 account_id,
@@ -393,6 +415,26 @@ pub(crate) fn rejection_problem(rejection: &Rejection, command_id: Uuid) -> Prob
             StatusCode::NOT_FOUND,
             "session_not_found",
             "no active session of this account has that id; list them with GET /v1/sessions",
+        ),
+        Rejection::EmailTokenInvalid => Problem::new(
+            StatusCode::GONE,
+            "token_expired_or_superseded",
+            "this link expired, was replaced by a newer one or was already used; request a new one",
+        ),
+        Rejection::ResetTokenInvalid => Problem::new(
+            StatusCode::GONE,
+            "token_expired_or_used",
+            "this reset link expired, was replaced by a newer one or was already used; request a new one with POST /v1/password-reset",
+        ),
+        Rejection::EmailUnchanged => Problem::validation(vec![FieldError {
+            field: "new_email".into(),
+            code: "email_unchanged".into(),
+            message: "this is already the account's address; enter another one".into(),
+        }]),
+        Rejection::NoPendingEmailChange => Problem::new(
+            StatusCode::NOT_FOUND,
+            "no_pending_email_change",
+            "no email change waits for confirmation",
         ),
         Rejection::SessionAlreadyExpired | Rejection::Misaddressed => {
             internal_error(&anyhow::anyhow!("command {command_id} rejected by the decider: {rejection}"))
@@ -506,6 +548,13 @@ pub async fn register(
     let claim = AggregateId::EmailClaim(email.normalized().to_owned());
     let account_id = colocated_account_id(&claim, state.partitions);
     tracing::Span::current().record("account_id", tracing::field::display(account_id));
+    let verification = match &state.secrets {
+        Some(secrets) => Some(
+            crate::links::issue(secrets, account_id, Utc::now() + state.email_link_ttl)
+                .map_err(|error| internal_error(&error))?,
+        ),
+        None => None,
+    };
 
     let command = Command::RegisterAccount {
         account_id,
@@ -513,6 +562,7 @@ pub async fn register(
         email_normalized: email.normalized().to_owned(),
         name: name.into_inner(),
         password_hash,
+        verification,
     };
     let id = command_id(email.normalized(), "register_account", key.as_deref());
     let executed = state

@@ -4,14 +4,18 @@
 pub mod bus;
 pub mod decider;
 pub mod domain;
+pub mod email;
 pub mod http;
+pub mod links;
 pub mod mfa;
 pub mod password;
 pub mod processor;
 pub mod ratelimit;
-pub mod secrets;
+pub mod reset;
 pub mod security;
 pub mod wire;
+
+pub use accounts_platform::secrets;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,6 +58,12 @@ pub struct ServeConfig {
     /// Seconds of the first second-factor lock; each further wrong code doubles it, up to an hour.
     #[arg(long, env = "MFA_LOCK_BASE_SECONDS", default_value_t = 30)]
     pub mfa_lock_base_seconds: u64,
+    /// Hours a link mailed to verify an address stays valid.
+    #[arg(long, env = "EMAIL_LINK_TTL_HOURS", default_value_t = 24)]
+    pub email_link_ttl_hours: i64,
+    /// Minutes a password-reset link stays valid.
+    #[arg(long, env = "PASSWORD_RESET_TTL_MINUTES", default_value_t = 60)]
+    pub reset_link_ttl_minutes: i64,
     /// Address the HTTP API listens on.
     #[arg(long, env = "COMMAND_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
@@ -109,7 +119,10 @@ pub async fn serve_api(
         .await?,
         progress: ProjectionProgress::start(pool.clone(), topics.events).await?,
         hasher: PasswordHasherPool::new(&config.hashing)?,
-        sign_in_limits: ratelimit::SignInLimits::start(&config.rate_limits),
+        sign_in_limits: ratelimit::AttemptLimits::sign_in(&config.rate_limits),
+        reset_limits: ratelimit::AttemptLimits::password_reset(&config.rate_limits),
+        email_link_ttl: chrono::Duration::hours(config.email_link_ttl_hours),
+        reset_link_ttl: chrono::Duration::minutes(config.reset_link_ttl_minutes),
         secrets: secrets::SecretBox::from_config(&config.encryption)?,
         step_up_window: chrono::Duration::minutes(config.step_up_minutes),
         mfa_lock_after: config.mfa_lock_after.max(1),
@@ -123,11 +136,15 @@ pub async fn serve_api(
     let mut openapi = CommandApi::openapi();
     openapi.merge(security::SecurityApi::openapi());
     openapi.merge(mfa::MfaApi::openapi());
+    openapi.merge(email::EmailApi::openapi());
+    openapi.merge(reset::ResetApi::openapi());
     openapi.merge(HealthApi::openapi());
     let app = accounts_platform::http::finish_api(
         http::routes(state.clone())
             .merge(security::routes(state.clone()))
-            .merge(mfa::routes(state))
+            .merge(mfa::routes(state.clone()))
+            .merge(email::routes(state.clone()))
+            .merge(reset::routes(state))
             .merge(health_routes(Readiness::new(pool, &config.kafka)?, openapi)),
     );
     let address = listener.local_addr()?;

@@ -40,7 +40,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use uuid::Uuid;
 
-use crate::decider::{account_of, decide, EventTarget, Rejection, Target};
+use crate::decider::{account_of, decide, Answer, EventTarget, Rejection, Target};
 use crate::wire::{Command, CommandEnvelope, Outcome, Reply};
 
 /// Most commands decided in one transaction.
@@ -581,6 +581,8 @@ struct PendingReply {
     outcome: Outcome,
     /// Index of the command's last event record, if it appended any.
     last_event: Option<usize>,
+    /// False when a later step of a saga replies to the request.
+    answer_now: bool,
 }
 
 fn decide_batch(
@@ -630,6 +632,7 @@ fn decide_batch(
                 envelope,
                 outcome,
                 last_event,
+                answer_now: first.answer_now,
             });
             continue;
         }
@@ -644,44 +647,51 @@ fn decide_batch(
                 envelope,
                 outcome,
                 last_event: None,
+                answer_now: true,
             });
             continue;
         }
 
+        let aggregate = envelope.command.aggregate();
         let account_id = account_of(&envelope.command);
-        let account = decided.account(&owned.state, account_id);
-        let claim_key = match &envelope.command {
-            Command::RegisterAccount {
-                email_normalized, ..
-            } => Some(email_normalized.clone()),
-            _ => None,
+        let claim_key = match &aggregate {
+            AggregateId::EmailClaim(address) => Some(address.clone()),
+            AggregateId::Account(_) => None,
         };
-        let expected_key = match &claim_key {
-            Some(address) => AggregateId::EmailClaim(address.clone()),
-            None => AggregateId::Account(account_id),
-        };
-        let addressed_here = envelope.aggregate_key == expected_key.key()
-            && AggregateId::Account(account_id).partition(config.kafka.partitions) == partition
-            && expected_key.partition(config.kafka.partitions) == partition;
+        let registration = matches!(envelope.command, Command::RegisterAccount { .. });
+        // Commands for a claim touch no account, except registration, which creates the
+        // account in the claim's partition.
+        let account_here = claim_key.is_none() || registration;
+        let partitions = config.kafka.partitions;
+        let addressed_here = envelope.aggregate_key == aggregate.key()
+            && aggregate.partition(partitions) == partition
+            && (!account_here
+                || AggregateId::Account(account_id).partition(partitions) == partition);
 
+        let account = if account_here {
+            decided.account(&owned.state, account_id)
+        } else {
+            AccountState::default()
+        };
         let claim = claim_key
             .as_deref()
             .map(|address| decided.claim(&owned.state, address));
         let result = if !addressed_here {
             Err(Rejection::Misaddressed)
         } else {
-            let target = match &claim {
-                Some(claim) => Target::Registration {
+            let target = match (&claim, registration) {
+                (Some(claim), true) => Target::Registration {
                     claim,
                     account: &account,
                 },
-                None => Target::Account(&account),
+                (Some(claim), false) => Target::Claim(claim),
+                (None, _) => Target::Account(&account),
             };
             decide(target, &envelope.command, envelope.expected_version, now)
         };
 
-        let events = match result {
-            Ok(events) => events,
+        let decision = match result {
+            Ok(decision) => decision,
             Err(rejection) => {
                 let outcome = Outcome::Rejected { rejection };
                 decided
@@ -692,6 +702,7 @@ fn decide_batch(
                     envelope,
                     outcome,
                     last_event: None,
+                    answer_now: true,
                 });
                 continue;
             }
@@ -700,7 +711,7 @@ fn decide_batch(
         let mut account = account;
         let mut claim = claim.unwrap_or_default();
         let mut last_event = None;
-        for (target, event) in events {
+        for (target, event) in decision.events {
             let (subject, aggregate_type, sequence) = match (target, &claim_key) {
                 (EventTarget::EmailClaim, Some(address)) => (
                     AggregateId::EmailClaim(address.clone()).key(),
@@ -736,22 +747,40 @@ fn decide_batch(
                 &recorded,
                 record_index,
             )?;
-            last_event_account.insert(record_index, account_id);
-            last_event = Some(record_index);
+            if target == EventTarget::Account {
+                last_event_account.insert(record_index, account_id);
+                last_event = Some(record_index);
+            }
             record_index += 1;
         }
+        if let Some(next) = decision.next {
+            send_next_step(&owned.producer, topics, partitions, &envelope, next, now)?;
+        }
 
-        let outcome = Outcome::Accepted {
-            account_id,
-            version: account.version,
-            position: decided
-                .position(&owned.state, account_id)
-                .map(|offset| Position { partition, offset }.to_string()),
+        tracing::debug!(
+            command = envelope.command.kind(),
+            command_id = %envelope.command_id,
+            %account_id,
+            answer = ?decision.answer,
+            "decided command"
+        );
+        let answer_now = decision.answer != Answer::Later;
+        let outcome = match decision.answer {
+            Answer::Rejected(rejection) => Outcome::Rejected { rejection },
+            Answer::Accepted | Answer::Later => Outcome::Accepted {
+                account_id,
+                version: account.version,
+                position: decided
+                    .position(&owned.state, account_id)
+                    .map(|offset| Position { partition, offset }.to_string()),
+            },
         };
         if let Some(address) = claim_key {
             decided.claims.insert(address, claim);
         }
-        decided.accounts.insert(account_id, account);
+        if account_here {
+            decided.accounts.insert(account_id, account);
+        }
         if let (Some(digest), Some(_)) = (&envelope.request_digest, last_event) {
             decided.digests.insert(envelope.command_id, digest.clone());
         }
@@ -760,6 +789,7 @@ fn decide_batch(
             envelope,
             outcome,
             last_event,
+            answer_now,
         });
     }
 
@@ -798,7 +828,9 @@ fn decide_batch(
                 .outcomes
                 .push((reply.envelope.command_id, outcome.clone()));
         }
-        send_reply(&owned.producer, &topics.replies, &reply.envelope, outcome)?;
+        if reply.answer_now {
+            send_reply(&owned.producer, &topics.replies, &reply.envelope, outcome)?;
+        }
     }
     Ok(decided)
 }
@@ -840,6 +872,41 @@ fn send_event(
     producer
         .send(record)
         .map_err(|(error, _)| anyhow!(error).context("failed to queue event"))
+}
+
+/// Sends the next step of a saga to the partition of its aggregate. It carries the
+/// original request's reply route, so the step that finishes the saga replies to it.
+/// Its command id derives from the original's, so the step is the same on every replay.
+fn send_next_step(
+    producer: &BaseProducer<DeliveryRecorder>,
+    topics: &accounts_events::Topics,
+    partitions: i32,
+    original: &CommandEnvelope,
+    command: Command,
+    now: chrono::DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let aggregate = command.aggregate();
+    let envelope = CommandEnvelope {
+        command_id: Uuid::new_v5(&original.command_id, command.kind().as_bytes()),
+        request_id: original.request_id,
+        aggregate_key: aggregate.key(),
+        expected_version: None,
+        reply_to: original.reply_to.clone(),
+        correlation_id: original.correlation_id,
+        actor: original.actor.clone(),
+        issued_at: now,
+        request_digest: None,
+        command,
+    };
+    let payload = serde_json::to_vec(&envelope).context("failed to encode saga step")?;
+    let key = aggregate.key();
+    let record = BaseRecord::with_opaque_to(&topics.commands, usize::MAX)
+        .partition(aggregate.partition(partitions))
+        .key(&key)
+        .payload(&payload);
+    producer
+        .send(record)
+        .map_err(|(error, _)| anyhow!(error).context("failed to queue saga step"))
 }
 
 fn send_reply(

@@ -1,4 +1,5 @@
-//! Limits on sign-in attempts per client IP and per account. Past a limit the response is 429.
+//! Limits on sign-in and password-reset attempts per client IP and per account. Past a
+//! limit the response is 429.
 //!
 //! The limits are kept in memory by each command-service process.
 
@@ -21,25 +22,52 @@ pub struct RateLimitConfig {
     /// Sign-in attempts per minute for one email address.
     #[arg(long, env = "SIGN_IN_LIMIT_PER_ACCOUNT", default_value_t = 10)]
     pub sign_in_per_account: u32,
+    /// Password-reset requests and confirmations per minute from one client IP address.
+    #[arg(long, env = "PASSWORD_RESET_LIMIT_PER_IP", default_value_t = 20)]
+    pub reset_per_ip: u32,
+    /// Password-reset requests per minute for one email address.
+    #[arg(long, env = "PASSWORD_RESET_LIMIT_PER_ACCOUNT", default_value_t = 5)]
+    pub reset_per_account: u32,
 }
 
-/// Keyed rate limiters for sign-in.
+/// Keyed rate limiters for one kind of attempt.
 #[derive(Clone)]
-pub struct SignInLimits {
+pub struct AttemptLimits {
     per_ip: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     per_account: Arc<DefaultKeyedRateLimiter<String>>,
+    /// What is counted, for the error message, such as `sign-in attempts`.
+    attempts: &'static str,
 }
 
 fn per_minute(count: u32) -> Quota {
     Quota::per_minute(NonZeroU32::new(count.max(1)).unwrap_or(NonZeroU32::MIN))
 }
 
-impl SignInLimits {
+impl AttemptLimits {
+    /// Builds the sign-in limiters.
+    pub fn sign_in(config: &RateLimitConfig) -> Self {
+        Self::start(
+            config.sign_in_per_ip,
+            config.sign_in_per_account,
+            "sign-in attempts",
+        )
+    }
+
+    /// Builds the password-reset limiters.
+    pub fn password_reset(config: &RateLimitConfig) -> Self {
+        Self::start(
+            config.reset_per_ip,
+            config.reset_per_account,
+            "password-reset attempts",
+        )
+    }
+
     /// Builds the limiters and starts a task that removes idle keys every minute.
-    pub fn start(config: &RateLimitConfig) -> Self {
+    fn start(per_ip: u32, per_account: u32, attempts: &'static str) -> Self {
         let limits = Self {
-            per_ip: Arc::new(RateLimiter::keyed(per_minute(config.sign_in_per_ip))),
-            per_account: Arc::new(RateLimiter::keyed(per_minute(config.sign_in_per_account))),
+            per_ip: Arc::new(RateLimiter::keyed(per_minute(per_ip))),
+            per_account: Arc::new(RateLimiter::keyed(per_minute(per_account))),
+            attempts,
         };
         let (per_ip, per_account) = (
             Arc::downgrade(&limits.per_ip),
@@ -65,11 +93,11 @@ impl SignInLimits {
         let now = DefaultClock::default().now();
         match self.per_ip.check_key(&ip) {
             Ok(()) => Ok(()),
-            Err(not_until) => Err(limited(not_until.wait_time_from(now))),
+            Err(not_until) => Err(self.limited(not_until.wait_time_from(now))),
         }
     }
 
-    /// Counts one sign-in attempt, or returns 429 with the seconds to wait.
+    /// Counts one attempt for an account, or returns 429 with the seconds to wait.
     pub fn check(&self, ip: IpAddr, email_normalized: &str) -> Result<(), Problem> {
         let now = DefaultClock::default().now();
         let wait = match (
@@ -79,18 +107,18 @@ impl SignInLimits {
             (Ok(()), Ok(())) => return Ok(()),
             (Err(not_until), _) | (_, Err(not_until)) => not_until.wait_time_from(now),
         };
-        Err(limited(wait))
+        Err(self.limited(wait))
     }
-}
 
-fn limited(wait: Duration) -> Problem {
-    metrics::counter!("sign_in_rate_limited_total").increment(1);
-    let seconds = wait.as_secs().max(1);
-    let mut problem = Problem::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate_limited",
-        format!("too many sign-in attempts; retry in {seconds} s"),
-    );
-    problem = problem.with_extension("retry_after_seconds", seconds.into());
-    problem.with_retry_after(seconds)
+    fn limited(&self, wait: Duration) -> Problem {
+        metrics::counter!("rate_limited_total", "attempts" => self.attempts).increment(1);
+        let seconds = wait.as_secs().max(1);
+        let mut problem = Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many {}; retry in {seconds} s", self.attempts),
+        );
+        problem = problem.with_extension("retry_after_seconds", seconds.into());
+        problem.with_retry_after(seconds)
+    }
 }

@@ -1,7 +1,7 @@
 //! Records on `accounts.commands.v1` and `accounts.replies.v1`. Both are internal to the
 //! command service; the published contract is the event topic.
 
-use accounts_events::Actor;
+use accounts_events::{Actor, AggregateId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -66,6 +66,9 @@ pub enum Command {
         email_normalized: String,
         name: String,
         password_hash: String,
+        /// The link that verifies the address, mailed once the account exists.
+        #[serde(default)]
+        verification: Option<MailToken>,
     },
     UpdateProfile {
         account_id: Uuid,
@@ -138,6 +141,56 @@ pub enum Command {
         credential_version: u64,
         current_session: Uuid,
     },
+    /// Mails a link to `email`; confirming it replaces the account's address.
+    RequestEmailChange {
+        account_id: Uuid,
+        email: String,
+        email_normalized: String,
+        token: MailToken,
+    },
+    /// Confirms the mailed link whose token hashes to `token_sha256`.
+    ConfirmEmail {
+        account_id: Uuid,
+        token_sha256: String,
+    },
+    /// Voids the link of a pending email change.
+    CancelEmailChange { account_id: Uuid },
+    /// Saga step sent to the claim of a confirmed new address: claims it for the account.
+    ClaimEmail {
+        account_id: Uuid,
+        email: String,
+        email_normalized: String,
+    },
+    /// Saga step sent back to the account once the claim on its new address is held.
+    CompleteEmailChange {
+        account_id: Uuid,
+        email: String,
+        email_normalized: String,
+    },
+    /// Saga step sent back to the account when another account holds the new address.
+    AbortEmailChange { account_id: Uuid, email: String },
+    /// Saga step sent to a claim the account no longer needs: releases it.
+    ReleaseEmail {
+        account_id: Uuid,
+        email_normalized: String,
+    },
+    /// Mails a password-reset link to the account's address.
+    RequestPasswordReset { account_id: Uuid, token: MailToken },
+    /// Sets the password through the reset link whose token hashes to `token_sha256`.
+    ResetPassword {
+        account_id: Uuid,
+        token_sha256: String,
+        password_hash: String,
+    },
+}
+
+/// A token mailed in a link: its hex SHA-256 to check it, and its sealed form for the
+/// notifier that writes the mail.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailToken {
+    pub token_sha256: String,
+    pub token_ciphertext: String,
+    pub expires_at: DateTime<Utc>,
 }
 
 /// A second factor checked outside the decider, which only makes sure it is used once.
@@ -162,6 +215,14 @@ impl std::fmt::Debug for CommandEnvelope {
             .field("request_id", &self.request_id)
             .field("aggregate_key", &self.aggregate_key)
             .field("command", &self.command)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for MailToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MailToken")
+            .field("expires_at", &self.expires_at)
             .finish_non_exhaustive()
     }
 }
@@ -235,6 +296,29 @@ impl Command {
             } => {
                 serde_json::json!(["verify_session", session_id, second_factor])
             }
+            Self::RequestEmailChange {
+                email_normalized, ..
+            } => serde_json::json!(["request_email_change", email_normalized]),
+            Self::ConfirmEmail { token_sha256, .. } => {
+                serde_json::json!(["confirm_email", token_sha256])
+            }
+            Self::CancelEmailChange { .. } => serde_json::json!(["cancel_email_change"]),
+            Self::ClaimEmail {
+                email_normalized, ..
+            } => serde_json::json!(["claim_email", email_normalized]),
+            Self::CompleteEmailChange {
+                email_normalized, ..
+            } => serde_json::json!(["complete_email_change", email_normalized]),
+            Self::AbortEmailChange { email, .. } => {
+                serde_json::json!(["abort_email_change", email])
+            }
+            Self::ReleaseEmail {
+                email_normalized, ..
+            } => serde_json::json!(["release_email", email_normalized]),
+            Self::RequestPasswordReset { .. } => serde_json::json!(["request_password_reset"]),
+            Self::ResetPassword { token_sha256, .. } => {
+                serde_json::json!(["reset_password", token_sha256])
+            }
         };
         hex::encode(Sha256::digest(request.to_string().as_bytes()))
     }
@@ -253,6 +337,32 @@ impl Command {
             Self::DisableTotp { .. } => "disable_totp",
             Self::VerifySession { .. } => "verify_session",
             Self::RegenerateBackupCodes { .. } => "regenerate_backup_codes",
+            Self::RequestEmailChange { .. } => "request_email_change",
+            Self::ConfirmEmail { .. } => "confirm_email",
+            Self::CancelEmailChange { .. } => "cancel_email_change",
+            Self::ClaimEmail { .. } => "claim_email",
+            Self::CompleteEmailChange { .. } => "complete_email_change",
+            Self::AbortEmailChange { .. } => "abort_email_change",
+            Self::ReleaseEmail { .. } => "release_email",
+            Self::RequestPasswordReset { .. } => "request_password_reset",
+            Self::ResetPassword { .. } => "reset_password",
+        }
+    }
+
+    /// Returns the aggregate the command is decided against. Registration is addressed to
+    /// the email claim and creates the account in the same partition.
+    pub fn aggregate(&self) -> AggregateId {
+        match self {
+            Self::RegisterAccount {
+                email_normalized, ..
+            }
+            | Self::ClaimEmail {
+                email_normalized, ..
+            }
+            | Self::ReleaseEmail {
+                email_normalized, ..
+            } => AggregateId::EmailClaim(email_normalized.clone()),
+            _ => AggregateId::Account(crate::decider::account_of(self)),
         }
     }
 }

@@ -25,6 +25,15 @@ pub enum DomainEvent {
     BackupCodesRegenerated(BackupCodesRegenerated),
     SessionVerified(SessionVerified),
     EmailClaimed(EmailClaimed),
+    EmailVerificationRequested(EmailVerificationRequested),
+    EmailVerified(EmailVerified),
+    EmailChangeConfirmed(EmailChangeConfirmed),
+    EmailChanged(EmailChanged),
+    EmailChangeFailed(EmailChangeFailed),
+    EmailChangeCancelled(EmailChangeCancelled),
+    PasswordResetRequested(PasswordResetRequested),
+    PasswordReset(PasswordReset),
+    EmailReleased(EmailReleased),
 }
 
 /// An account was created. The password is present only as an argon2id PHC string.
@@ -192,7 +201,12 @@ macro_rules! redacted_debug {
         }
     )*};
 }
-redacted_debug!(TotpEnrollmentStarted, TotpEnabled, BackupCodesRegenerated);
+redacted_debug!(
+    TotpEnrollmentStarted,
+    TotpEnabled,
+    BackupCodesRegenerated,
+    PasswordResetRequested
+);
 
 /// An email address was claimed by an account, making it unavailable to others.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,6 +214,111 @@ redacted_debug!(TotpEnrollmentStarted, TotpEnabled, BackupCodesRegenerated);
 pub struct EmailClaimed {
     pub email_normalized: String,
     pub account_id: Uuid,
+}
+
+/// The claim on an address was given up after the account moved to another address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailReleased {
+    pub email_normalized: String,
+    pub account_id: Uuid,
+}
+
+/// A link to prove control of an address was mailed to it. The token in the link is
+/// present only as its hex SHA-256, and sealed (AES-256-GCM) for the notifier that mails it.
+/// A newer request voids the token of an older one.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailVerificationRequested {
+    /// The address to verify, as the user typed it.
+    pub email: String,
+    pub email_normalized: String,
+    /// `registration` for the address the account signed up with, `email_change` for a new
+    /// address that replaces it once verified.
+    pub purpose: String,
+    pub token_sha256: String,
+    pub token_ciphertext: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The account's own address was verified through the mailed link.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailVerified {
+    pub email: String,
+}
+
+/// The link to a new address was confirmed. The account waits for the claim on the new
+/// address, which ends in `EmailChanged` or `EmailChangeFailed`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailChangeConfirmed {
+    pub email: String,
+    pub email_normalized: String,
+}
+
+/// The account's address was replaced by a verified new one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailChanged {
+    pub previous_email: String,
+    pub email: String,
+    pub email_normalized: String,
+}
+
+/// A confirmed change did not apply; the address stays as it was.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailChangeFailed {
+    pub email: String,
+    /// `email_taken` when another account holds the address.
+    pub reason: String,
+}
+
+/// The user cancelled a pending change; its link is void.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailChangeCancelled {
+    pub email: String,
+}
+
+/// A password-reset link was mailed to the account's address. The token is present only
+/// as its hex SHA-256, and sealed for the notifier. A newer request voids the older token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordResetRequested {
+    /// The address the link is mailed to: the account's address at the time.
+    pub email: String,
+    pub token_sha256: String,
+    pub token_ciphertext: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The password was set through a reset link. It is present only as an argon2id PHC string.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordReset {
+    pub password_hash: String,
+    /// The credential version after the reset.
+    pub credential_version: u64,
+}
+
+impl std::fmt::Debug for EmailVerificationRequested {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailVerificationRequested")
+            .field("email", &self.email)
+            .field("purpose", &self.purpose)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for PasswordReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordReset")
+            .field("credential_version", &self.credential_version)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Error decoding an event payload of a known type.
@@ -230,6 +349,15 @@ impl DomainEvent {
     pub const BACKUP_CODES_REGENERATED: &'static str = "accounts.BackupCodesRegenerated";
     pub const SESSION_VERIFIED: &'static str = "accounts.SessionVerified";
     pub const EMAIL_CLAIMED: &'static str = "accounts.EmailClaimed";
+    pub const EMAIL_VERIFICATION_REQUESTED: &'static str = "accounts.EmailVerificationRequested";
+    pub const EMAIL_VERIFIED: &'static str = "accounts.EmailVerified";
+    pub const EMAIL_CHANGE_CONFIRMED: &'static str = "accounts.EmailChangeConfirmed";
+    pub const EMAIL_CHANGED: &'static str = "accounts.EmailChanged";
+    pub const EMAIL_CHANGE_FAILED: &'static str = "accounts.EmailChangeFailed";
+    pub const EMAIL_CHANGE_CANCELLED: &'static str = "accounts.EmailChangeCancelled";
+    pub const PASSWORD_RESET_REQUESTED: &'static str = "accounts.PasswordResetRequested";
+    pub const PASSWORD_RESET: &'static str = "accounts.PasswordReset";
+    pub const EMAIL_RELEASED: &'static str = "accounts.EmailReleased";
 
     /// Returns the CloudEvents `type` of this event.
     pub fn event_type(&self) -> &'static str {
@@ -248,6 +376,15 @@ impl DomainEvent {
             Self::BackupCodesRegenerated(_) => Self::BACKUP_CODES_REGENERATED,
             Self::SessionVerified(_) => Self::SESSION_VERIFIED,
             Self::EmailClaimed(_) => Self::EMAIL_CLAIMED,
+            Self::EmailVerificationRequested(_) => Self::EMAIL_VERIFICATION_REQUESTED,
+            Self::EmailVerified(_) => Self::EMAIL_VERIFIED,
+            Self::EmailChangeConfirmed(_) => Self::EMAIL_CHANGE_CONFIRMED,
+            Self::EmailChanged(_) => Self::EMAIL_CHANGED,
+            Self::EmailChangeFailed(_) => Self::EMAIL_CHANGE_FAILED,
+            Self::EmailChangeCancelled(_) => Self::EMAIL_CHANGE_CANCELLED,
+            Self::PasswordResetRequested(_) => Self::PASSWORD_RESET_REQUESTED,
+            Self::PasswordReset(_) => Self::PASSWORD_RESET,
+            Self::EmailReleased(_) => Self::EMAIL_RELEASED,
         }
     }
 
@@ -274,6 +411,15 @@ impl DomainEvent {
                 | Self::BACKUP_CODES_REGENERATED
                 | Self::SESSION_VERIFIED
                 | Self::EMAIL_CLAIMED
+                | Self::EMAIL_VERIFICATION_REQUESTED
+                | Self::EMAIL_VERIFIED
+                | Self::EMAIL_CHANGE_CONFIRMED
+                | Self::EMAIL_CHANGED
+                | Self::EMAIL_CHANGE_FAILED
+                | Self::EMAIL_CHANGE_CANCELLED
+                | Self::PASSWORD_RESET_REQUESTED
+                | Self::PASSWORD_RESET
+                | Self::EMAIL_RELEASED
         )
     }
 
@@ -294,6 +440,15 @@ impl DomainEvent {
             Self::BackupCodesRegenerated(payload) => serde_json::to_value(payload),
             Self::SessionVerified(payload) => serde_json::to_value(payload),
             Self::EmailClaimed(payload) => serde_json::to_value(payload),
+            Self::EmailVerificationRequested(payload) => serde_json::to_value(payload),
+            Self::EmailVerified(payload) => serde_json::to_value(payload),
+            Self::EmailChangeConfirmed(payload) => serde_json::to_value(payload),
+            Self::EmailChanged(payload) => serde_json::to_value(payload),
+            Self::EmailChangeFailed(payload) => serde_json::to_value(payload),
+            Self::EmailChangeCancelled(payload) => serde_json::to_value(payload),
+            Self::PasswordResetRequested(payload) => serde_json::to_value(payload),
+            Self::PasswordReset(payload) => serde_json::to_value(payload),
+            Self::EmailReleased(payload) => serde_json::to_value(payload),
         }
     }
 
@@ -357,6 +512,33 @@ impl DomainEvent {
             }
             Self::EMAIL_CLAIMED => {
                 Self::EmailClaimed(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::EMAIL_VERIFICATION_REQUESTED => {
+                Self::EmailVerificationRequested(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::EMAIL_VERIFIED => {
+                Self::EmailVerified(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::EMAIL_CHANGE_CONFIRMED => {
+                Self::EmailChangeConfirmed(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::EMAIL_CHANGED => {
+                Self::EmailChanged(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::EMAIL_CHANGE_FAILED => {
+                Self::EmailChangeFailed(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::EMAIL_CHANGE_CANCELLED => {
+                Self::EmailChangeCancelled(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::PASSWORD_RESET_REQUESTED => {
+                Self::PasswordResetRequested(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::PASSWORD_RESET => {
+                Self::PasswordReset(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::EMAIL_RELEASED => {
+                Self::EmailReleased(serde_json::from_value(data).map_err(invalid)?)
             }
             _ => return Ok(None),
         };

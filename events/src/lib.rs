@@ -15,10 +15,12 @@ pub use envelope::{
     Actor, ActorKind, DecodeError, Decoded, EventMeta, RecordedEvent, CONTENT_TYPE,
 };
 pub use event::{
-    AccountRegistered, BackupCodeUsed, BackupCodesRegenerated, DomainEvent, EmailClaimed,
-    PasswordChanged, ProfileUpdated, SecondFactorFailed, SessionStarted, SessionVerified,
+    AccountRegistered, BackupCodeUsed, BackupCodesRegenerated, DomainEvent, EmailChangeCancelled,
+    EmailChangeConfirmed, EmailChangeFailed, EmailChanged, EmailClaimed, EmailReleased,
+    EmailVerificationRequested, EmailVerified, PasswordChanged, PasswordReset,
+    PasswordResetRequested, ProfileUpdated, SecondFactorFailed, SessionStarted, SessionVerified,
     SessionsRevoked, TotpDisabled, TotpEnabled, TotpEnrollmentStarted, TotpStepUsed,
 };
 pub use industry::INDUSTRIES;
-pub use state::{AccountState, EmailClaimState, SessionState};
+pub use state::{AccountState, EmailClaimState, PendingEmail, PendingReset, SessionState};
 pub use topics::{partition_for, AggregateId, Topics, DEFAULT_PARTITIONS};

@@ -40,6 +40,14 @@ pub struct AccountState {
     /// Wrong second-factor codes in a row since the last accepted one.
     pub factor_failures: u32,
     pub factor_locked_until: Option<DateTime<Utc>>,
+    /// True once the current address was proved through a mailed link.
+    pub email_verified: bool,
+    /// The address whose mailed link waits to be confirmed, if any.
+    pub pending_email: Option<PendingEmail>,
+    /// A confirmed new address waiting for its email claim.
+    pub claiming_email: Option<(String, String)>,
+    /// The password-reset link that is still valid, if any.
+    pub password_reset: Option<PendingReset>,
     pub registered_at: Option<DateTime<Utc>>,
     pub updated_at: Option<DateTime<Utc>>,
     /// The sequence number of the last event applied.
@@ -61,6 +69,24 @@ impl SessionState {
     pub fn is_active(&self, now: DateTime<Utc>) -> bool {
         self.revoked_at.is_none() && self.expires_at > now
     }
+}
+
+/// An address waiting for the user to open the link mailed to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingEmail {
+    pub email: String,
+    pub email_normalized: String,
+    /// `registration` or `email_change`, as in `EmailVerificationRequested`.
+    pub purpose: String,
+    pub token_sha256: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The valid password-reset link of an account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingReset {
+    pub token_sha256: String,
+    pub expires_at: DateTime<Utc>,
 }
 
 /// The claim on one normalised email address.
@@ -122,6 +148,50 @@ impl AccountState {
                 self.password_hash = changed.password_hash.clone();
                 self.credential_version = changed.credential_version;
                 self.password_changed_at = Some(time);
+                self.password_reset = None;
+            }
+            DomainEvent::PasswordReset(reset) => {
+                self.password_hash = reset.password_hash.clone();
+                self.credential_version = reset.credential_version;
+                self.password_changed_at = Some(time);
+                self.password_reset = None;
+            }
+            DomainEvent::PasswordResetRequested(requested) => {
+                self.password_reset = Some(PendingReset {
+                    token_sha256: requested.token_sha256.clone(),
+                    expires_at: requested.expires_at,
+                });
+            }
+            DomainEvent::EmailVerificationRequested(requested) => {
+                self.pending_email = Some(PendingEmail {
+                    email: requested.email.clone(),
+                    email_normalized: requested.email_normalized.clone(),
+                    purpose: requested.purpose.clone(),
+                    token_sha256: requested.token_sha256.clone(),
+                    expires_at: requested.expires_at,
+                });
+            }
+            DomainEvent::EmailVerified(_) => {
+                self.email_verified = true;
+                self.pending_email = None;
+            }
+            DomainEvent::EmailChangeConfirmed(confirmed) => {
+                self.pending_email = None;
+                self.claiming_email =
+                    Some((confirmed.email.clone(), confirmed.email_normalized.clone()));
+            }
+            DomainEvent::EmailChanged(changed) => {
+                self.email = changed.email.clone();
+                self.email_normalized = changed.email_normalized.clone();
+                self.email_verified = true;
+                self.claiming_email = None;
+            }
+            DomainEvent::EmailChangeFailed(_) => {
+                self.claiming_email = None;
+            }
+            DomainEvent::EmailChangeCancelled(_) => {
+                self.pending_email = None;
+                self.claiming_email = None;
             }
             DomainEvent::TotpEnrollmentStarted(started) => {
                 self.totp_pending = Some(started.secret_ciphertext.clone());
@@ -177,7 +247,7 @@ impl AccountState {
                 self.factor_failures = failed.failures;
                 self.factor_locked_until = failed.locked_until;
             }
-            DomainEvent::EmailClaimed(_) => {}
+            DomainEvent::EmailClaimed(_) | DomainEvent::EmailReleased(_) => {}
         }
         self.updated_at = Some(time);
         self.version = recorded.meta.sequence;
@@ -187,8 +257,10 @@ impl AccountState {
 impl EmailClaimState {
     /// Applies one of this claim's events.
     pub fn evolve(&mut self, recorded: &RecordedEvent) {
-        if let DomainEvent::EmailClaimed(claimed) = &recorded.event {
-            self.account_id = Some(claimed.account_id);
+        match &recorded.event {
+            DomainEvent::EmailClaimed(claimed) => self.account_id = Some(claimed.account_id),
+            DomainEvent::EmailReleased(_) => self.account_id = None,
+            _ => {}
         }
         self.version = recorded.meta.sequence;
     }

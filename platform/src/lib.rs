@@ -7,6 +7,7 @@ pub mod http;
 pub mod kafka;
 pub mod problem;
 pub mod progress;
+pub mod secrets;
 pub mod telemetry;
 
 pub use auth::{hash_token, Authenticated, SessionAuth, SessionConfig};

@@ -10,6 +10,7 @@
 //! - The transaction sends `NOTIFY projection_progress` with the new offsets, which the
 //!   command and query services use to respond once their reads include a write.
 
+pub mod notifier;
 pub mod project;
 
 use std::collections::HashMap;
@@ -70,23 +71,24 @@ pub async fn spawn_projector(
     pool: PgPool,
     control: Arc<ProjectorControl>,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
-    let consumer = assign_from_stored_offsets(&kafka, &pool).await?;
+    let consumer = assign_from_stored_offsets(&kafka, &pool, READ_MODELS).await?;
     Ok(tokio::spawn(async move {
         run(consumer, pool, kafka, control).await
     }))
 }
 
 /// Creates a consumer assigned to every partition of the event topic at the offsets stored
-/// in PostgreSQL, or at the beginning for partitions without one.
-async fn assign_from_stored_offsets(
+/// in PostgreSQL for `projection`, or at the beginning for partitions without one.
+pub(crate) async fn assign_from_stored_offsets(
     kafka: &KafkaConfig,
     pool: &PgPool,
+    projection: &str,
 ) -> anyhow::Result<StreamConsumer> {
     let topic = kafka.topics().events;
     let consumer: StreamConsumer = client_config(kafka)
         .set(
             "group.id",
-            format!("{}accounts-projector", kafka.topic_prefix),
+            format!("{}accounts-projector-{projection}", kafka.topic_prefix),
         )
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
@@ -96,11 +98,11 @@ async fn assign_from_stored_offsets(
         .set("auto.offset.reset", "error")
         .create()
         .context("failed to create the event consumer")?;
-    check_source(&consumer, pool, &topic).await?;
+    check_source(&consumer, pool, &topic, projection).await?;
     let stored: HashMap<i32, i64> = sqlx::query_as::<_, (i32, i64)>(
         "SELECT partition, next_offset FROM projection_offsets WHERE projection = $1 AND topic = $2",
     )
-    .bind(READ_MODELS)
+    .bind(projection)
     .bind(&topic)
     .fetch_all(pool)
     .await
@@ -120,15 +122,21 @@ async fn assign_from_stored_offsets(
         .context("failed to assign the event partitions")?;
     tracing::info!(
         topic,
+        projection,
         stored = stored.len(),
-        "projector assigned from stored offsets"
+        "assigned from stored offsets"
     );
     Ok(consumer)
 }
 
 /// Records the Kafka cluster the read models are projected from, and fails when the
 /// database already contains read models of another cluster's log.
-async fn check_source(consumer: &StreamConsumer, pool: &PgPool, topic: &str) -> anyhow::Result<()> {
+async fn check_source(
+    consumer: &StreamConsumer,
+    pool: &PgPool,
+    topic: &str,
+    projection: &str,
+) -> anyhow::Result<()> {
     let cluster_id = consumer
         .client()
         .fetch_cluster_id(std::time::Duration::from_secs(30))
@@ -136,7 +144,7 @@ async fn check_source(consumer: &StreamConsumer, pool: &PgPool, topic: &str) -> 
     let stored: Option<(String,)> = sqlx::query_as(
         "SELECT cluster_id FROM projection_sources WHERE projection = $1 AND topic = $2",
     )
-    .bind(READ_MODELS)
+    .bind(projection)
     .bind(topic)
     .fetch_optional(pool)
     .await
@@ -149,7 +157,7 @@ async fn check_source(consumer: &StreamConsumer, pool: &PgPool, topic: &str) -> 
         Some(_) => Ok(()),
         None => {
             let (offsets,): (i64,) = sqlx::query_as("SELECT count(*) FROM projection_offsets WHERE projection = $1 AND topic = $2")
-                .bind(READ_MODELS)
+                .bind(projection)
                 .bind(topic)
                 .fetch_one(pool)
                 .await
@@ -161,7 +169,7 @@ async fn check_source(consumer: &StreamConsumer, pool: &PgPool, topic: &str) -> 
                 );
             }
             sqlx::query("INSERT INTO projection_sources (projection, topic, cluster_id) VALUES ($1, $2, $3)")
-                .bind(READ_MODELS)
+                .bind(projection)
                 .bind(topic)
                 .bind(&cluster_id)
                 .execute(pool)

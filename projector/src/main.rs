@@ -2,13 +2,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use accounts_platform::http::{health_routes, HealthApi, Readiness};
+use accounts_platform::secrets::{EncryptionConfig, SecretBox};
 use accounts_platform::{DatabaseConfig, KafkaConfig};
+use accounts_projector::notifier::{spawn_notifier, MailConfig};
 use accounts_projector::{spawn_projector, ProjectorControl};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use utoipa::OpenApi;
 
-/// Account settings: projects the event log into PostgreSQL read models.
+/// Account settings: projects the event log into PostgreSQL read models and mails links
+/// and notices.
 #[derive(Parser)]
 #[command(name = "accounts-projector", version)]
 struct Cli {
@@ -18,21 +21,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum CliCommand {
-    /// Project events continuously and serve health and metrics.
-    Serve {
-        #[command(flatten)]
-        kafka: KafkaConfig,
-        #[command(flatten)]
-        database: DatabaseConfig,
-        /// Address of the health and metrics endpoints.
-        #[arg(long, env = "PROJECTOR_ADDR", default_value = "127.0.0.1:8082")]
-        addr: SocketAddr,
-    },
+    /// Project events, mail links and notices, and serve health and metrics.
+    Serve(Box<ServeArgs>),
     /// Apply the database migrations that are missing.
     Migrate {
         #[command(flatten)]
         database: DatabaseConfig,
     },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    kafka: KafkaConfig,
+    #[command(flatten)]
+    database: DatabaseConfig,
+    #[command(flatten)]
+    mail: MailConfig,
+    #[command(flatten)]
+    encryption: EncryptionConfig,
+    /// Address of the health and metrics endpoints.
+    #[arg(long, env = "PROJECTOR_ADDR", default_value = "127.0.0.1:8082")]
+    addr: SocketAddr,
 }
 
 #[derive(OpenApi)]
@@ -50,11 +60,15 @@ async fn main() -> anyhow::Result<()> {
             let pool = accounts_platform::db::connect(&database).await?;
             accounts_platform::db::migrate(&pool).await
         }
-        CliCommand::Serve {
-            kafka,
-            database,
-            addr,
-        } => {
+        CliCommand::Serve(args) => {
+            let ServeArgs {
+                kafka,
+                database,
+                mail,
+                encryption,
+                addr,
+            } = *args;
+            let secrets = SecretBox::from_config(&encryption)?;
             accounts_platform::kafka::verify_partitions(&kafka).await?;
             let pool = accounts_platform::db::connect(&database).await?;
             let mut openapi = ProjectorApi::openapi();
@@ -66,12 +80,17 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(address = %addr, "projector health endpoints listening");
             let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
+            let notifier = spawn_notifier(kafka.clone(), pool.clone(), mail, secrets).await?;
             let projector =
                 spawn_projector(kafka, pool, Arc::new(ProjectorControl::default())).await?;
             tokio::select! {
                 result = projector => {
                     server.abort();
                     result.context("projector task failed")?.context("projector stopped")
+                }
+                result = notifier => {
+                    server.abort();
+                    result.context("notifier task failed")?.context("notifier stopped")
                 }
                 () = accounts_platform::telemetry::shutdown_signal() => {
                     tracing::info!("shutting down");

@@ -209,8 +209,92 @@ pub async fn apply(
             .await?;
             bump_version(connection, account_id, version).await?;
         }
-        DomainEvent::EmailClaimed(_) => {}
+        DomainEvent::PasswordReset(reset) => {
+            let account_id = account_id(&meta.subject)?;
+            sqlx::query(
+                "UPDATE credentials SET password_hash = $2, credential_version = $3, \
+                 password_changed_at = $4, version = $5 WHERE account_id = $1 AND version < $5",
+            )
+            .bind(account_id)
+            .bind(&reset.password_hash)
+            .bind(i64::try_from(reset.credential_version).unwrap_or(i64::MAX))
+            .bind(meta.time)
+            .bind(version)
+            .execute(&mut *connection)
+            .await?;
+            bump_version(connection, account_id, version).await?;
+        }
+        DomainEvent::EmailVerificationRequested(requested) => {
+            let account_id = account_id(&meta.subject)?;
+            let pending = (requested.purpose == "email_change").then_some(&requested.email);
+            set_pending_email(connection, account_id, version, meta.time, pending).await?;
+        }
+        DomainEvent::EmailChangeFailed(_) | DomainEvent::EmailChangeCancelled(_) => {
+            let account_id = account_id(&meta.subject)?;
+            set_pending_email(connection, account_id, version, meta.time, None).await?;
+        }
+        DomainEvent::EmailVerified(_) => {
+            let account_id = account_id(&meta.subject)?;
+            sqlx::query(
+                "UPDATE accounts SET email_verified = true, version = $2, updated_at = $3 \
+                 WHERE account_id = $1 AND version < $2",
+            )
+            .bind(account_id)
+            .bind(version)
+            .bind(meta.time)
+            .execute(&mut *connection)
+            .await?;
+        }
+        DomainEvent::EmailChanged(changed) => {
+            let account_id = account_id(&meta.subject)?;
+            sqlx::query(
+                "UPDATE accounts SET email = $2, email_normalized = $3, email_verified = true, \
+                 pending_email = NULL, version = $4, updated_at = $5 WHERE account_id = $1 AND version < $4",
+            )
+            .bind(account_id)
+            .bind(&changed.email)
+            .bind(&changed.email_normalized)
+            .bind(version)
+            .bind(meta.time)
+            .execute(&mut *connection)
+            .await?;
+            sqlx::query(
+                "UPDATE credentials SET email_normalized = $2, version = $3 \
+                 WHERE account_id = $1 AND version < $3",
+            )
+            .bind(account_id)
+            .bind(&changed.email_normalized)
+            .bind(version)
+            .execute(&mut *connection)
+            .await?;
+        }
+        DomainEvent::PasswordResetRequested(_) | DomainEvent::EmailChangeConfirmed(_) => {
+            let account_id = account_id(&meta.subject)?;
+            bump_version(connection, account_id, version).await?;
+        }
+        DomainEvent::EmailClaimed(_) | DomainEvent::EmailReleased(_) => {}
     }
+    Ok(())
+}
+
+/// Sets or clears the address of a pending email change.
+async fn set_pending_email(
+    connection: &mut PgConnection,
+    account_id: Uuid,
+    version: i64,
+    time: chrono::DateTime<chrono::Utc>,
+    pending: Option<&String>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE accounts SET pending_email = $2, version = $3, updated_at = $4 \
+         WHERE account_id = $1 AND version < $3",
+    )
+    .bind(account_id)
+    .bind(pending)
+    .bind(version)
+    .bind(time)
+    .execute(&mut *connection)
+    .await?;
     Ok(())
 }
 

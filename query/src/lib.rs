@@ -135,6 +135,7 @@ pub struct Profile {
     pub account_id: Uuid,
     pub email: String,
     pub email_verified: bool,
+    /// The new address of an email change whose link was not opened yet.
     pub pending_email: Option<String>,
     pub name: String,
     pub company_name: Option<String>,
@@ -152,6 +153,7 @@ struct ProfileRow {
     account_id: Uuid,
     email: String,
     email_verified: bool,
+    pending_email: Option<String>,
     name: String,
     company_name: Option<String>,
     industry: Option<String>,
@@ -177,7 +179,7 @@ async fn get_profile(
     tracing::Span::current().record("account_id", tracing::field::display(caller.account_id));
 
     let row: Option<ProfileRow> = sqlx::query_as(
-        "SELECT account_id, email, email_verified, name, company_name, industry, business_phone, version, updated_at \
+        "SELECT account_id, email, email_verified, pending_email, name, company_name, industry, business_phone, version, updated_at \
          FROM accounts WHERE account_id = $1",
     )
     .bind(caller.account_id)
@@ -193,7 +195,7 @@ async fn get_profile(
         account_id: row.account_id,
         email: row.email,
         email_verified: row.email_verified,
-        pending_email: None,
+        pending_email: row.pending_email,
         name: row.name,
         company_name: row.company_name,
         industry: row.industry,

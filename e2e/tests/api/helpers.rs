@@ -2,7 +2,8 @@
 //! with its own topic prefix and database.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use accounts_command::{serve_api, spawn_deciders, DeciderHandle, ServeConfig};
@@ -17,6 +18,9 @@ use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::task::JoinHandle;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
 use uuid::Uuid;
 
 pub const PARTITIONS: i32 = 6;
@@ -34,6 +38,7 @@ pub struct TestApp {
     pub projector: Arc<ProjectorControl>,
     pub projector_task: JoinHandle<anyhow::Result<()>>,
     servers: Vec<JoinHandle<()>>,
+    notifier_task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Drop for TestApp {
@@ -42,6 +47,7 @@ impl Drop for TestApp {
             server.abort();
         }
         self.projector_task.abort();
+        self.notifier_task.abort();
         for decider in &self.deciders {
             decider.control.stop();
         }
@@ -82,15 +88,118 @@ pub async fn spawn_app(decider_count: usize) -> TestApp {
         .expect("failed to start the test stack")
 }
 
-async fn spawn_app_with(decider_count: usize) -> anyhow::Result<TestApp> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
-    drop(
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
+/// The file every test of this process logs to at debug level, so that a test can check
+/// what the services wrote to their logs.
+pub fn log_file() -> PathBuf {
+    let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-logs");
+    directory.join(format!("api-{}.log", std::process::id()))
+}
+
+static TRACING: OnceLock<()> = OnceLock::new();
+
+/// Logs to the test writer at RUST_LOG's level (warn by default), and everything from
+/// debug level on to `log_file()`.
+fn init_tracing() {
+    TRACING.get_or_init(|| {
+        let path = log_file();
+        let Some(file) = path
+            .parent()
+            .and_then(|directory| std::fs::create_dir_all(directory).ok())
+            .and_then(|()| std::fs::File::create(&path).ok())
+        else {
+            panic!("cannot create the log file {}", path.display());
+        };
+        let console = tracing_subscriber::fmt::layer()
             .with_test_writer()
-            .try_init(),
-    );
+            .with_filter(
+                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+            );
+        let to_file = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(Mutex::new(file))
+            .with_filter(EnvFilter::new(
+                "debug,rdkafka=info,sqlx=info,hyper=info,hyper_util=info,h2=info,tower=info,tower_http=debug,reqwest=info,lettre=info",
+            ));
+        drop(
+            tracing_subscriber::registry()
+                .with(console)
+                .with(to_file)
+                .try_init(),
+        );
+    });
+}
+
+/// The Maildir that the local SMTP server (deploy/local/smtp) writes to.
+pub fn mail_dir() -> PathBuf {
+    std::env::var_os("MAIL_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/state/mail"),
+        PathBuf::from,
+    )
+}
+
+/// Returns the mails delivered to `recipient`, oldest first, with quoted-printable soft
+/// line breaks and `=3D` undone.
+pub fn mails_to(recipient: &str) -> Vec<String> {
+    let header = format!("X-RcptTo: {recipient}");
+    let mut mails: Vec<(std::time::SystemTime, String)> = Vec::new();
+    for folder in ["new", "cur"] {
+        let Ok(entries) = std::fs::read_dir(mail_dir().join(folder)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            if text.lines().any(|line| line.eq_ignore_ascii_case(&header)) {
+                let modified = entry
+                    .metadata()
+                    .and_then(|metadata| metadata.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                let decoded = text
+                    .replace("=\r\n", "")
+                    .replace("=\n", "")
+                    .replace("=3D", "=");
+                mails.push((modified, decoded));
+            }
+        }
+    }
+    mails.sort_by_key(|(modified, _)| *modified);
+    mails.into_iter().map(|(_, text)| text).collect()
+}
+
+/// Waits up to 20 s until `recipient` has at least `count` mails, and returns them all.
+pub async fn wait_for_mails(recipient: &str, count: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mails = mails_to(recipient);
+        if mails.len() >= count {
+            return mails;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{recipient} got {} mails, not {count}, within 20 s (is deploy/local/smtp running?)",
+            mails.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Returns the token of the first link in `mail` whose path is `path`, such as
+/// `reset-password`.
+pub fn link_token(mail: &str, path: &str) -> String {
+    let marker = format!("/{path}?token=");
+    let start = mail
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {path} link in the mail:\n{mail}"))
+        + marker.len();
+    mail[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect()
+}
+
+async fn spawn_app_with(decider_count: usize) -> anyhow::Result<TestApp> {
+    init_tracing();
     let kafka = KafkaConfig {
         brokers: brokers(),
         topic_prefix: format!("test-{}.", Uuid::new_v4().simple()),
@@ -102,6 +211,23 @@ async fn spawn_app_with(decider_count: usize) -> anyhow::Result<TestApp> {
     let deciders = spawn_deciders(&kafka, decider_count)?;
     let projector = Arc::new(ProjectorControl::default());
     let projector_task = spawn_projector(kafka.clone(), pool.clone(), projector.clone()).await?;
+    let encryption = accounts_command::secrets::EncryptionConfig {
+        keys: format!("test={TEST_ENCRYPTION_KEY}").into(),
+        active_key_id: "test".into(),
+    };
+    let mail = accounts_projector::notifier::MailConfig {
+        smtp_host: "127.0.0.1".to_owned(),
+        smtp_port: 2525,
+        from: "Account settings <no-reply@accounts.test>".to_owned(),
+        link_base_url: "http://dashboard.test".to_owned(),
+    };
+    let notifier_task = accounts_projector::notifier::spawn_notifier(
+        kafka.clone(),
+        pool.clone(),
+        mail,
+        accounts_command::secrets::SecretBox::from_config(&encryption)?,
+    )
+    .await?;
 
     let database = DatabaseConfig {
         url: database_url.clone().into(),
@@ -119,12 +245,11 @@ async fn spawn_app_with(decider_count: usize) -> anyhow::Result<TestApp> {
         rate_limits: accounts_command::ratelimit::RateLimitConfig {
             sign_in_per_ip: 100,
             sign_in_per_account: 5,
+            reset_per_ip: 100,
+            reset_per_account: 5,
         },
         sessions: accounts_platform::SessionConfig { idle_minutes: 30 },
-        encryption: accounts_command::secrets::EncryptionConfig {
-            keys: format!("test={TEST_ENCRYPTION_KEY}").into(),
-            active_key_id: "test".into(),
-        },
+        encryption,
         step_up_minutes: 10,
         mfa_lock_after: 3,
         mfa_lock_base_seconds: 1,
@@ -133,6 +258,8 @@ async fn spawn_app_with(decider_count: usize) -> anyhow::Result<TestApp> {
         session_ttl_hours: 24,
         reply_timeout_ms: 30_000,
         visibility_timeout_ms: 5_000,
+        email_link_ttl_hours: 24,
+        reset_link_ttl_minutes: 60,
     };
     let command_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let command_url = format!("http://{}", command_listener.local_addr()?);
@@ -158,6 +285,7 @@ async fn spawn_app_with(decider_count: usize) -> anyhow::Result<TestApp> {
         projector,
         projector_task,
         servers: vec![command_server, query_server],
+        notifier_task,
     })
 }
 
@@ -208,6 +336,25 @@ impl TestApp {
             email,
             token,
         }
+    }
+
+    /// Sends a JSON POST to the command service, with a bearer token when given.
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> Response {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.command_url))
+            .json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("POST request failed")
+    }
+
+    /// Returns the profile as JSON, failing the test unless it is 200.
+    pub async fn profile_json(&self, user: &User) -> Value {
+        let response = self.profile(user).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("profile is not JSON")
     }
 
     pub fn patch_profile(&self, user: &User, body: &Value) -> reqwest::RequestBuilder {
@@ -269,7 +416,7 @@ impl TestApp {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let stored: HashMap<i32, i64> = sqlx::query_as::<_, (i32, i64)>(
-                "SELECT partition, next_offset FROM projection_offsets WHERE topic = $1",
+                "SELECT partition, next_offset FROM projection_offsets WHERE projection = 'read_models' AND topic = $1",
             )
             .bind(&topic)
             .fetch_all(pool)

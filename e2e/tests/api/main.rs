@@ -3,11 +3,13 @@
 
 mod batching;
 mod concurrency;
+mod email;
 mod failover;
 mod fencing;
 mod helpers;
 mod mfa;
 mod projector;
+mod reset;
 mod security;
 mod slice;
 mod validation;

@@ -484,7 +484,7 @@ async fn dump_tables(pool: &sqlx::PgPool) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn plaintext_secrets_stay_out_of_storage() {
+async fn plaintext_secrets_stay_out_of_storage_and_logs() {
     let app = spawn_app(1).await;
     let user = app.new_user().await;
     let new_password = "Violet-Kettle-Drums-82";
@@ -525,6 +525,25 @@ async fn plaintext_secrets_stay_out_of_storage() {
         .unwrap()
         .to_owned();
 
+    // A password reset and the registration's verification link add mailed tokens.
+    let mails = crate::helpers::wait_for_mails(&user.email, 1).await;
+    let verification_token = crate::helpers::link_token(&mails[0], "verify-email");
+    let reset = app
+        .post("/v1/password-reset", None, &json!({"email": user.email}))
+        .await;
+    assert_eq!(reset.status(), StatusCode::ACCEPTED);
+    let mails = crate::helpers::wait_for_mails(&user.email, 2).await;
+    let reset_token = crate::helpers::link_token(&mails[1], "reset-password");
+    let reset_password = "Amber-Thistle-Canyon-47";
+    let confirmed = app
+        .post(
+            "/v1/password-reset/confirm",
+            None,
+            &json!({"token": reset_token, "new_password": reset_password, "confirm_password": reset_password}),
+        )
+        .await;
+    assert_eq!(confirmed.status(), StatusCode::OK);
+
     let topics = app.kafka.topics();
     let mut stored = dump_tables(&app.pool).await;
     for topic in [&topics.commands, &topics.events, &topics.replies] {
@@ -537,16 +556,32 @@ async fn plaintext_secrets_stay_out_of_storage() {
         stored.contains(&user.account_id.to_string()),
         "the dump is empty, so nothing was checked"
     );
+    // Everything the services of this process logged so far, at debug level.
+    let logs = std::fs::read_to_string(crate::helpers::log_file()).unwrap();
+    assert!(
+        logs.contains(&user.account_id.to_string()),
+        "the log holds nothing of this test, so nothing was checked"
+    );
 
     let mut secrets = vec![
         PASSWORD.to_owned(),
         new_password.to_owned(),
+        reset_password.to_owned(),
         user.token.clone(),
         second_token,
         secret,
         mfa_token,
+        verification_token,
+        reset_token,
     ];
     secrets.extend(codes);
+    for value in &secrets {
+        assert!(
+            !logs.contains(value.as_str()),
+            "a plaintext secret is in the logs: {}…",
+            &value[..4]
+        );
+    }
     for value in &secrets {
         assert!(
             !stored.contains(value.as_str()),

@@ -28,7 +28,7 @@ async fn dump(pool: &PgPool) -> Vec<String> {
         "SELECT row_to_json(a)::text FROM (SELECT * FROM accounts ORDER BY account_id) a",
         "SELECT row_to_json(c)::text FROM (SELECT * FROM credentials ORDER BY account_id) c",
         "SELECT row_to_json(s)::text FROM (SELECT * FROM sessions ORDER BY session_id) s",
-        "SELECT row_to_json(o)::text FROM (SELECT partition, next_offset FROM projection_offsets ORDER BY partition) o",
+        "SELECT row_to_json(o)::text FROM (SELECT partition, next_offset FROM projection_offsets WHERE projection = 'read_models' ORDER BY partition) o",
     ] {
         let texts: Vec<(String,)> = sqlx::query_as(query).fetch_all(pool).await.unwrap();
         rows.extend(texts.into_iter().map(|(text,)| text));

@@ -1,4 +1,4 @@
-//! Encryption of TOTP secrets and MFA challenge tokens with AES-256-GCM.
+//! Encryption of TOTP secrets, MFA challenge tokens and mailed link tokens with AES-256-GCM.
 //!
 //! A sealed value reads `v1:<key id>:<nonce>:<ciphertext>` (base64url without padding), so
 //! keys can rotate: new values use the active key, and any configured key opens old ones.
@@ -17,11 +17,16 @@ use secrecy::{ExposeSecret, SecretString};
 
 const VERSION: &str = "v1";
 
+/// Returns the context that binds the sealed token of a mailed link to its account.
+pub fn link_context(account_id: &uuid::Uuid) -> String {
+    format!("mail-link:{account_id}")
+}
+
 /// Encryption keys, read from the environment.
 #[derive(Clone, Debug, clap::Args)]
 pub struct EncryptionConfig {
     /// Comma-separated `<key id>=<base64 of 32 random bytes>` pairs. Without any, two-factor
-    /// authentication is unavailable. Generate a key with `openssl rand -base64 32`.
+    /// authentication, email changes and password resets are unavailable. Generate a key with `openssl rand -base64 32`.
     #[arg(
         long,
         env = "ENCRYPTION_KEYS",
