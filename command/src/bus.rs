@@ -132,6 +132,23 @@ impl CommandBus {
         }
     }
 
+    /// Sends a command without waiting for its outcome: returns once Kafka has stored it.
+    /// The decider's reply arrives later and is dropped.
+    pub async fn submit(&self, partition: i32, envelope: &CommandEnvelope) -> Result<(), BusError> {
+        let payload = serde_json::to_vec(envelope).context("failed to encode command")?;
+        let record = FutureRecord::to(&self.commands_topic)
+            .partition(partition)
+            .key(&envelope.aggregate_key)
+            .payload(&payload);
+        self.producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map(|_| ())
+            .map_err(|(error, _)| {
+                BusError::Kafka(anyhow!(error).context("failed to produce command"))
+            })
+    }
+
     fn lock_pending(
         &self,
     ) -> anyhow::Result<std::sync::MutexGuard<'_, HashMap<Uuid, oneshot::Sender<Outcome>>>> {

@@ -285,17 +285,15 @@ impl AppState {
         .await
     }
 
-    /// Sends a command to its decider and returns the outcome, without waiting for the
-    /// read models.
-    pub(crate) async fn send(
+    fn envelope(
         &self,
-        aggregate: AggregateId,
+        aggregate: &AggregateId,
         command_id: Uuid,
         expected_version: Option<u64>,
         actor: Actor,
         command: Command,
-    ) -> Result<Outcome, Problem> {
-        let envelope = CommandEnvelope {
+    ) -> CommandEnvelope {
+        CommandEnvelope {
             command_id,
             request_id: Uuid::new_v4(),
             aggregate_key: aggregate.key(),
@@ -306,7 +304,35 @@ impl AppState {
             issued_at: Utc::now(),
             request_digest: Some(command.request_digest(expected_version)),
             command,
-        };
+        }
+    }
+
+    /// Stores a command in Kafka for its decider and returns without waiting for the
+    /// outcome.
+    pub(crate) async fn submit(
+        &self,
+        aggregate: AggregateId,
+        actor: Actor,
+        command: Command,
+    ) -> Result<(), Problem> {
+        let envelope = self.envelope(&aggregate, Uuid::now_v7(), None, actor, command);
+        self.bus
+            .submit(aggregate.partition(self.partitions), &envelope)
+            .await
+            .map_err(|error| internal_error(&anyhow::Error::new(error)))
+    }
+
+    /// Sends a command to its decider and returns the outcome, without waiting for the
+    /// read models.
+    pub(crate) async fn send(
+        &self,
+        aggregate: AggregateId,
+        command_id: Uuid,
+        expected_version: Option<u64>,
+        actor: Actor,
+        command: Command,
+    ) -> Result<Outcome, Problem> {
+        let envelope = self.envelope(&aggregate, command_id, expected_version, actor, command);
         match self
             .bus
             .send(aggregate.partition(self.partitions), &envelope)

@@ -1,8 +1,8 @@
 //! Password reset through a mailed link.
 //!
 //! `POST /v1/password-reset` returns 202 for any address. For an unknown one it sends a
-//! command to an account that does not exist, so both cases take the same path through
-//! Kafka and a decider, in about the same time. The link's token works once, until it
+//! command to an account that does not exist, which the decider rejects. Both cases return
+//! once Kafka has stored the command, so they take the same steps and about the same time. The link's token works once, until it
 //! expires, a newer link is requested or the password changes; using it ends every session.
 
 use std::net::SocketAddr;
@@ -26,7 +26,7 @@ use crate::decider::Rejection;
 use crate::domain::{EmailAddress, NewPassword, PasswordContext};
 use crate::email::mail_links;
 use crate::http::{actor, read_json, rejection_problem, with_etag, AppState, CommandResponse};
-use crate::wire::{Command, Outcome};
+use crate::wire::Command;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -95,22 +95,15 @@ pub async fn request_password_reset(
     let account_id = known.unwrap_or_else(Uuid::new_v4);
     let token = crate::links::issue(secrets, account_id, Utc::now() + state.reset_link_ttl)
         .map_err(|error| internal_error(&error))?;
-    let outcome = state
-        .send(
+    // Both cases return once Kafka stored the command, before any decider acts on it.
+    state
+        .submit(
             AggregateId::Account(account_id),
-            Uuid::now_v7(),
-            None,
             actor(ActorKind::Anonymous, None, address, &headers),
             Command::RequestPasswordReset { account_id, token },
         )
         .await?;
-    match outcome {
-        Outcome::Accepted { .. }
-        | Outcome::Rejected {
-            rejection: Rejection::AccountNotFound,
-        } => Ok(StatusCode::ACCEPTED.into_response()),
-        Outcome::Rejected { rejection } => Err(rejection_problem(&rejection, Uuid::nil())),
-    }
+    Ok(StatusCode::ACCEPTED.into_response())
 }
 
 /// Sets a new password with the token of a reset link, and ends every session.

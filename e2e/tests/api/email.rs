@@ -252,3 +252,37 @@ async fn bad_email_change_input_names_the_field() {
     assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(app.committed_events().len(), events_before);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn email_change_needs_a_recent_check() {
+    let app = spawn_app(1).await;
+    let user = app.new_user().await;
+    // The test stack requires a check within 10 minutes, so age the session's last one.
+    let aged = sqlx::query(
+        "UPDATE sessions SET verified_at = now() - interval '11 minutes' WHERE account_id = $1",
+    )
+    .bind(user.account_id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(aged.rows_affected(), 1);
+    let target = unique_address("stepup");
+
+    let refused = request_change(&app, &user, &target).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(code_of(refused).await, "reauthentication_required");
+    assert_eq!(app.profile_json(&user).await["pending_email"], Value::Null);
+
+    let checked = app
+        .post(
+            "/v1/sessions/reauthenticate",
+            Some(&user.token),
+            &json!({"password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(checked.status(), StatusCode::OK);
+    assert_eq!(
+        request_change(&app, &user, &target).await.status(),
+        StatusCode::ACCEPTED
+    );
+}
