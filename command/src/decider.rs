@@ -9,6 +9,10 @@ use accounts_events::{
     SessionVerified, SessionsRevoked, TotpDisabled, TotpEnabled, TotpEnrollmentStarted,
     TotpStepUsed,
 };
+use accounts_events::{
+    AgentCreated, AgentDeleted, ProfilePictureRemoved, WorkspaceCreated, WorkspaceMemberAdded,
+    WorkspaceMemberRemoved, WorkspaceState,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -55,6 +59,20 @@ pub enum Rejection {
     EmailUnchanged,
     #[error("no email change is pending")]
     NoPendingEmailChange,
+    #[error("the workspace does not exist")]
+    WorkspaceNotFound,
+    #[error("a workspace with this id exists")]
+    WorkspaceExists,
+    #[error("only the workspace owner may do this")]
+    NotWorkspaceOwner,
+    #[error("only members of the workspace may do this")]
+    NotWorkspaceMember,
+    #[error("the account is not a member of the workspace")]
+    MemberNotFound,
+    #[error("the owner cannot leave the workspace")]
+    OwnerCannotLeave,
+    #[error("the agent does not exist")]
+    AgentNotFound,
 }
 
 /// The result of a command: the events to append, in order, with their aggregate, the next
@@ -103,6 +121,7 @@ pub enum Target<'a> {
     Account(&'a AccountState),
     /// A saga step addressed to the claim on an address.
     Claim(&'a EmailClaimState),
+    Workspace(&'a WorkspaceState),
 }
 
 /// The aggregate an event belongs to.
@@ -110,6 +129,7 @@ pub enum Target<'a> {
 pub enum EventTarget {
     Account,
     EmailClaim,
+    Workspace,
 }
 
 /// Decides a command against the state of its aggregate at `now`.
@@ -339,9 +359,130 @@ pub fn decide(
                     .collect(),
             ))
         }
+        (Target::Workspace(workspace), command) => {
+            decide_workspace(workspace, command).map(|events| {
+                Decision::accepted(
+                    events
+                        .into_iter()
+                        .map(|event| (EventTarget::Workspace, event))
+                        .collect(),
+                )
+            })
+        }
         (target, command) => {
             decide_events(target, command, expected_version, now).map(Decision::accepted)
         }
+    }
+}
+
+/// Decides a workspace command. Returns the events to append, none when the workspace
+/// already is as requested.
+fn decide_workspace(
+    workspace: &WorkspaceState,
+    command: &Command,
+) -> Result<Vec<DomainEvent>, Rejection> {
+    if let Command::CreateWorkspace {
+        workspace_id,
+        owner_id,
+        name,
+    } = command
+    {
+        if workspace.exists() {
+            return Err(Rejection::WorkspaceExists);
+        }
+        return Ok(vec![DomainEvent::WorkspaceCreated(WorkspaceCreated {
+            workspace_id: *workspace_id,
+            name: name.clone(),
+            owner_id: *owner_id,
+        })]);
+    }
+    if !workspace.exists() {
+        return Err(Rejection::WorkspaceNotFound);
+    }
+    let is_owner = |actor: &Uuid| workspace.owner_id == Some(*actor);
+    match command {
+        Command::AddWorkspaceMember {
+            actor_id,
+            account_id,
+            ..
+        } => {
+            if !is_owner(actor_id) {
+                return Err(Rejection::NotWorkspaceOwner);
+            }
+            if workspace.members.contains(account_id) {
+                return Ok(vec![]);
+            }
+            Ok(vec![DomainEvent::WorkspaceMemberAdded(
+                WorkspaceMemberAdded {
+                    account_id: *account_id,
+                },
+            )])
+        }
+        Command::RemoveWorkspaceMember {
+            actor_id,
+            account_id,
+            ..
+        } => {
+            if !is_owner(actor_id) && actor_id != account_id {
+                return Err(Rejection::NotWorkspaceOwner);
+            }
+            if is_owner(account_id) {
+                return Err(Rejection::OwnerCannotLeave);
+            }
+            if !workspace.members.contains(account_id) {
+                return Err(Rejection::MemberNotFound);
+            }
+            // A former member's agents leave the workspace with them.
+            let agents = workspace
+                .agents
+                .iter()
+                .filter(|(_, agent)| agent.owner_id == *account_id)
+                .map(|(agent_id, _)| {
+                    DomainEvent::AgentDeleted(AgentDeleted {
+                        agent_id: *agent_id,
+                    })
+                });
+            Ok(std::iter::once(DomainEvent::WorkspaceMemberRemoved(
+                WorkspaceMemberRemoved {
+                    account_id: *account_id,
+                },
+            ))
+            .chain(agents)
+            .collect())
+        }
+        Command::CreateAgent {
+            actor_id,
+            agent_id,
+            name,
+            ..
+        } => {
+            if !workspace.members.contains(actor_id) {
+                return Err(Rejection::NotWorkspaceMember);
+            }
+            if workspace.agents.contains_key(agent_id) {
+                return Ok(vec![]);
+            }
+            Ok(vec![DomainEvent::AgentCreated(AgentCreated {
+                agent_id: *agent_id,
+                name: name.clone(),
+                owner_id: *actor_id,
+            })])
+        }
+        Command::DeleteAgent {
+            actor_id, agent_id, ..
+        } => {
+            let agent = workspace
+                .agents
+                .get(agent_id)
+                .ok_or(Rejection::AgentNotFound)?;
+            if agent.owner_id != *actor_id && !is_owner(actor_id) {
+                return Err(Rejection::NotWorkspaceOwner);
+            }
+            Ok(vec![DomainEvent::AgentDeleted(AgentDeleted {
+                agent_id: *agent_id,
+            })])
+        }
+        _ => Err(Rejection::Misaddressed),
     }
 }
 
@@ -736,6 +877,30 @@ fn decide_events(
                 }),
             )])
         }
+        (Target::Account(account), Command::ChangeProfilePicture { picture, .. }) => {
+            require_version(account, expected_version)?;
+            if account
+                .picture
+                .as_ref()
+                .is_some_and(|current| current.sha256 == picture.sha256)
+            {
+                return Ok(vec![]);
+            }
+            Ok(vec![(
+                EventTarget::Account,
+                DomainEvent::ProfilePictureChanged(picture.clone()),
+            )])
+        }
+        (Target::Account(account), Command::RemoveProfilePicture { .. }) => {
+            require_version(account, expected_version)?;
+            if account.picture.is_none() {
+                return Ok(vec![]);
+            }
+            Ok(vec![(
+                EventTarget::Account,
+                DomainEvent::ProfilePictureRemoved(ProfilePictureRemoved {}),
+            )])
+        }
         _ => Err(Rejection::Misaddressed),
     }
 }
@@ -860,7 +1025,8 @@ fn pick_optional(
     }
 }
 
-/// Returns the id the account of a command is addressed to, if any.
+/// Returns the account a command is addressed to, or for a workspace command the account
+/// that issues it.
 pub fn account_of(command: &Command) -> Uuid {
     match command {
         Command::RegisterAccount { account_id, .. }
@@ -882,7 +1048,14 @@ pub fn account_of(command: &Command) -> Uuid {
         | Command::AbortEmailChange { account_id, .. }
         | Command::ReleaseEmail { account_id, .. }
         | Command::RequestPasswordReset { account_id, .. }
-        | Command::ResetPassword { account_id, .. } => *account_id,
+        | Command::ResetPassword { account_id, .. }
+        | Command::ChangeProfilePicture { account_id, .. }
+        | Command::RemoveProfilePicture { account_id } => *account_id,
+        Command::CreateWorkspace { owner_id, .. } => *owner_id,
+        Command::AddWorkspaceMember { actor_id, .. }
+        | Command::RemoveWorkspaceMember { actor_id, .. }
+        | Command::CreateAgent { actor_id, .. }
+        | Command::DeleteAgent { actor_id, .. } => *actor_id,
     }
 }
 

@@ -462,6 +462,33 @@ pub(crate) fn rejection_problem(rejection: &Rejection, command_id: Uuid) -> Prob
             "no_pending_email_change",
             "no email change waits for confirmation",
         ),
+        Rejection::WorkspaceNotFound => Problem::new(StatusCode::NOT_FOUND, "workspace_not_found", "no workspace has this id"),
+        Rejection::WorkspaceExists => Problem::new(
+            StatusCode::CONFLICT,
+            "workspace_exists",
+            "a workspace with this id exists; retry with a new Idempotency-Key",
+        ),
+        Rejection::NotWorkspaceOwner => Problem::new(
+            StatusCode::FORBIDDEN,
+            "not_workspace_owner",
+            "only the owner of the workspace may do this",
+        ),
+        Rejection::NotWorkspaceMember => Problem::new(
+            StatusCode::FORBIDDEN,
+            "not_workspace_member",
+            "only members of the workspace may do this",
+        ),
+        Rejection::MemberNotFound => Problem::new(
+            StatusCode::NOT_FOUND,
+            "member_not_found",
+            "this account is not a member of the workspace",
+        ),
+        Rejection::OwnerCannotLeave => Problem::new(
+            StatusCode::CONFLICT,
+            "owner_cannot_leave",
+            "the owner cannot be removed from the workspace",
+        ),
+        Rejection::AgentNotFound => Problem::new(StatusCode::NOT_FOUND, "agent_not_found", "no agent has this id"),
         Rejection::SessionAlreadyExpired | Rejection::Misaddressed => {
             internal_error(&anyhow::anyhow!("command {command_id} rejected by the decider: {rejection}"))
         }

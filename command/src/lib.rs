@@ -9,11 +9,13 @@ pub mod http;
 pub mod links;
 pub mod mfa;
 pub mod password;
+pub mod picture;
 pub mod processor;
 pub mod ratelimit;
 pub mod reset;
 pub mod security;
 pub mod wire;
+pub mod workspaces;
 
 pub use accounts_platform::secrets;
 
@@ -138,13 +140,17 @@ pub async fn serve_api(
     openapi.merge(mfa::MfaApi::openapi());
     openapi.merge(email::EmailApi::openapi());
     openapi.merge(reset::ResetApi::openapi());
+    openapi.merge(workspaces::WorkspaceApi::openapi());
+    openapi.merge(picture::PictureApi::openapi());
     openapi.merge(HealthApi::openapi());
     let app = accounts_platform::http::finish_api(
         http::routes(state.clone())
             .merge(security::routes(state.clone()))
             .merge(mfa::routes(state.clone()))
             .merge(email::routes(state.clone()))
-            .merge(reset::routes(state))
+            .merge(reset::routes(state.clone()))
+            .merge(workspaces::routes(state.clone()))
+            .merge(picture::routes(state))
             .merge(health_routes(Readiness::new(pool, &config.kafka)?, openapi)),
     );
     let address = listener.local_addr()?;

@@ -27,7 +27,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use accounts_events::envelope::Decoded;
-use accounts_events::{AccountState, AggregateId, EmailClaimState, EventMeta, RecordedEvent};
+use accounts_events::{
+    AccountState, AggregateId, EmailClaimState, EventMeta, RecordedEvent, WorkspaceState,
+};
 use accounts_platform::kafka::client_config;
 use accounts_platform::{KafkaConfig, Position};
 use anyhow::{anyhow, bail, Context as _};
@@ -205,7 +207,8 @@ impl ProducerContext for DeliveryRecorder {
 struct PartitionState {
     accounts: HashMap<Uuid, AccountState>,
     claims: HashMap<String, EmailClaimState>,
-    /// The next offset after each account's last event.
+    workspaces: HashMap<Uuid, WorkspaceState>,
+    /// The next offset after each account's or workspace's last event.
     positions: HashMap<Uuid, i64>,
     outcomes: HashMap<Uuid, Outcome>,
     /// Request digests of the remembered commands, where known.
@@ -519,6 +522,7 @@ impl<'a> Worker<'a> {
 struct Decided {
     accounts: HashMap<Uuid, AccountState>,
     claims: HashMap<String, EmailClaimState>,
+    workspaces: HashMap<Uuid, WorkspaceState>,
     positions: HashMap<Uuid, i64>,
     outcomes: Vec<(Uuid, Outcome)>,
     digests: HashMap<Uuid, String>,
@@ -528,6 +532,7 @@ impl Decided {
     fn apply(self, state: &mut PartitionState) {
         state.accounts.extend(self.accounts);
         state.claims.extend(self.claims);
+        state.workspaces.extend(self.workspaces);
         state.positions.extend(self.positions);
         state.digests.extend(self.digests);
         for (command_id, outcome) in self.outcomes {
@@ -547,6 +552,14 @@ impl Decided {
         self.claims
             .get(address)
             .or_else(|| state.claims.get(address))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn workspace(&self, state: &PartitionState, id: Uuid) -> WorkspaceState {
+        self.workspaces
+            .get(&id)
+            .or_else(|| state.workspaces.get(&id))
             .cloned()
             .unwrap_or_default()
     }
@@ -656,12 +669,16 @@ fn decide_batch(
         let account_id = account_of(&envelope.command);
         let claim_key = match &aggregate {
             AggregateId::EmailClaim(address) => Some(address.clone()),
-            AggregateId::Account(_) => None,
+            AggregateId::Account(_) | AggregateId::Workspace(_) => None,
+        };
+        let workspace_id = match &aggregate {
+            AggregateId::Workspace(id) => Some(*id),
+            AggregateId::Account(_) | AggregateId::EmailClaim(_) => None,
         };
         let registration = matches!(envelope.command, Command::RegisterAccount { .. });
-        // Commands for a claim touch no account, except registration, which creates the
-        // account in the claim's partition.
-        let account_here = claim_key.is_none() || registration;
+        // Commands for a claim or a workspace touch no account, except registration, which
+        // creates the account in the claim's partition.
+        let account_here = matches!(aggregate, AggregateId::Account(_)) || registration;
         let partitions = config.kafka.partitions;
         let addressed_here = envelope.aggregate_key == aggregate.key()
             && aggregate.partition(partitions) == partition
@@ -676,16 +693,18 @@ fn decide_batch(
         let claim = claim_key
             .as_deref()
             .map(|address| decided.claim(&owned.state, address));
+        let workspace = workspace_id.map(|id| decided.workspace(&owned.state, id));
         let result = if !addressed_here {
             Err(Rejection::Misaddressed)
         } else {
-            let target = match (&claim, registration) {
-                (Some(claim), true) => Target::Registration {
+            let target = match (&claim, &workspace, registration) {
+                (Some(claim), _, true) => Target::Registration {
                     claim,
                     account: &account,
                 },
-                (Some(claim), false) => Target::Claim(claim),
-                (None, _) => Target::Account(&account),
+                (Some(claim), _, false) => Target::Claim(claim),
+                (None, Some(workspace), _) => Target::Workspace(workspace),
+                (None, None, _) => Target::Account(&account),
             };
             decide(target, &envelope.command, envelope.expected_version, now)
         };
@@ -710,13 +729,24 @@ fn decide_batch(
 
         let mut account = account;
         let mut claim = claim.unwrap_or_default();
+        let mut workspace = workspace.unwrap_or_default();
         let mut last_event = None;
+        // Replies of workspace commands carry the workspace's version and position.
+        let (replied_id, position_key) = match workspace_id {
+            Some(id) => (id, id),
+            None => (account_id, account_id),
+        };
         for (target, event) in decision.events {
-            let (subject, aggregate_type, sequence) = match (target, &claim_key) {
-                (EventTarget::EmailClaim, Some(address)) => (
+            let (subject, aggregate_type, sequence) = match (target, &claim_key, workspace_id) {
+                (EventTarget::EmailClaim, Some(address), _) => (
                     AggregateId::EmailClaim(address.clone()).key(),
                     "email_claim",
                     claim.version + 1,
+                ),
+                (EventTarget::Workspace, _, Some(id)) => (
+                    AggregateId::Workspace(id).key(),
+                    "workspace",
+                    workspace.version + 1,
                 ),
                 _ => (account_id.to_string(), "account", account.version + 1),
             };
@@ -739,6 +769,7 @@ fn decide_batch(
             match target {
                 EventTarget::EmailClaim => claim.evolve(&recorded),
                 EventTarget::Account => account.evolve(&recorded),
+                EventTarget::Workspace => workspace.evolve(&recorded),
             }
             send_event(
                 &owned.producer,
@@ -747,8 +778,8 @@ fn decide_batch(
                 &recorded,
                 record_index,
             )?;
-            if target == EventTarget::Account {
-                last_event_account.insert(record_index, account_id);
+            if target != EventTarget::EmailClaim {
+                last_event_account.insert(record_index, position_key);
                 last_event = Some(record_index);
             }
             record_index += 1;
@@ -768,10 +799,14 @@ fn decide_batch(
         let outcome = match decision.answer {
             Answer::Rejected(rejection) => Outcome::Rejected { rejection },
             Answer::Accepted | Answer::Later => Outcome::Accepted {
-                account_id,
-                version: account.version,
+                account_id: replied_id,
+                version: if workspace_id.is_some() {
+                    workspace.version
+                } else {
+                    account.version
+                },
                 position: decided
-                    .position(&owned.state, account_id)
+                    .position(&owned.state, position_key)
                     .map(|offset| Position { partition, offset }.to_string()),
             },
         };
@@ -780,6 +815,9 @@ fn decide_batch(
         }
         if account_here {
             decided.accounts.insert(account_id, account);
+        }
+        if let Some(id) = workspace_id {
+            decided.workspaces.insert(id, workspace);
         }
         if let (Some(digest), Some(_)) = (&envelope.request_digest, last_event) {
             decided.digests.insert(envelope.command_id, digest.clone());
@@ -1091,6 +1129,26 @@ fn fold(state: &mut PartitionState, recorded: &RecordedEvent, partition: i32, of
         }
         AggregateId::EmailClaim(address) => {
             state.claims.entry(address).or_default().evolve(recorded);
+        }
+        AggregateId::Workspace(workspace_id) => {
+            let workspace = state.workspaces.entry(workspace_id).or_default();
+            workspace.evolve(recorded);
+            let version = workspace.version;
+            state.positions.insert(workspace_id, offset + 1);
+            state.remember(
+                recorded.meta.command_id,
+                Outcome::Accepted {
+                    account_id: workspace_id,
+                    version,
+                    position: Some(
+                        Position {
+                            partition,
+                            offset: offset + 1,
+                        }
+                        .to_string(),
+                    ),
+                },
+            );
         }
     }
 }

@@ -154,7 +154,9 @@ pub enum Command {
         token_sha256: String,
     },
     /// Voids the link of a pending email change.
-    CancelEmailChange { account_id: Uuid },
+    CancelEmailChange {
+        account_id: Uuid,
+    },
     /// Saga step sent to the claim of a confirmed new address: claims it for the account.
     ClaimEmail {
         account_id: Uuid,
@@ -168,19 +170,64 @@ pub enum Command {
         email_normalized: String,
     },
     /// Saga step sent back to the account when another account holds the new address.
-    AbortEmailChange { account_id: Uuid, email: String },
+    AbortEmailChange {
+        account_id: Uuid,
+        email: String,
+    },
     /// Saga step sent to a claim the account no longer needs: releases it.
     ReleaseEmail {
         account_id: Uuid,
         email_normalized: String,
     },
     /// Mails a password-reset link to the account's address.
-    RequestPasswordReset { account_id: Uuid, token: MailToken },
+    RequestPasswordReset {
+        account_id: Uuid,
+        token: MailToken,
+    },
     /// Sets the password through the reset link whose token hashes to `token_sha256`.
     ResetPassword {
         account_id: Uuid,
         token_sha256: String,
         password_hash: String,
+    },
+    /// Replaces the profile picture with one already stored under `picture.sha256`.
+    ChangeProfilePicture {
+        account_id: Uuid,
+        picture: accounts_events::ProfilePictureChanged,
+    },
+    RemoveProfilePicture {
+        account_id: Uuid,
+    },
+    /// Creates a workspace owned by `owner_id`.
+    CreateWorkspace {
+        workspace_id: Uuid,
+        owner_id: Uuid,
+        name: String,
+    },
+    /// Adds a member; only the owner may.
+    AddWorkspaceMember {
+        workspace_id: Uuid,
+        actor_id: Uuid,
+        account_id: Uuid,
+    },
+    /// Removes a member; the owner may remove others, and a member may leave.
+    RemoveWorkspaceMember {
+        workspace_id: Uuid,
+        actor_id: Uuid,
+        account_id: Uuid,
+    },
+    /// Creates an agent owned by `actor_id`, who must be a member.
+    CreateAgent {
+        workspace_id: Uuid,
+        actor_id: Uuid,
+        agent_id: Uuid,
+        name: String,
+    },
+    /// Deletes an agent; its owner or the workspace owner may.
+    DeleteAgent {
+        workspace_id: Uuid,
+        actor_id: Uuid,
+        agent_id: Uuid,
     },
 }
 
@@ -319,6 +366,31 @@ impl Command {
             Self::ResetPassword { token_sha256, .. } => {
                 serde_json::json!(["reset_password", token_sha256])
             }
+            Self::ChangeProfilePicture { picture, .. } => {
+                serde_json::json!([
+                    "change_profile_picture",
+                    picture.upload_sha256,
+                    expected_version
+                ])
+            }
+            Self::RemoveProfilePicture { .. } => {
+                serde_json::json!(["remove_profile_picture", expected_version])
+            }
+            Self::CreateWorkspace { name, .. } => serde_json::json!(["create_workspace", name]),
+            Self::AddWorkspaceMember {
+                workspace_id,
+                account_id,
+                ..
+            } => serde_json::json!(["add_workspace_member", workspace_id, account_id]),
+            Self::RemoveWorkspaceMember {
+                workspace_id,
+                account_id,
+                ..
+            } => serde_json::json!(["remove_workspace_member", workspace_id, account_id]),
+            Self::CreateAgent {
+                workspace_id, name, ..
+            } => serde_json::json!(["create_agent", workspace_id, name]),
+            Self::DeleteAgent { agent_id, .. } => serde_json::json!(["delete_agent", agent_id]),
         };
         hex::encode(Sha256::digest(request.to_string().as_bytes()))
     }
@@ -346,6 +418,13 @@ impl Command {
             Self::ReleaseEmail { .. } => "release_email",
             Self::RequestPasswordReset { .. } => "request_password_reset",
             Self::ResetPassword { .. } => "reset_password",
+            Self::ChangeProfilePicture { .. } => "change_profile_picture",
+            Self::RemoveProfilePicture { .. } => "remove_profile_picture",
+            Self::CreateWorkspace { .. } => "create_workspace",
+            Self::AddWorkspaceMember { .. } => "add_workspace_member",
+            Self::RemoveWorkspaceMember { .. } => "remove_workspace_member",
+            Self::CreateAgent { .. } => "create_agent",
+            Self::DeleteAgent { .. } => "delete_agent",
         }
     }
 
@@ -362,6 +441,11 @@ impl Command {
             | Self::ReleaseEmail {
                 email_normalized, ..
             } => AggregateId::EmailClaim(email_normalized.clone()),
+            Self::CreateWorkspace { workspace_id, .. }
+            | Self::AddWorkspaceMember { workspace_id, .. }
+            | Self::RemoveWorkspaceMember { workspace_id, .. }
+            | Self::CreateAgent { workspace_id, .. }
+            | Self::DeleteAgent { workspace_id, .. } => AggregateId::Workspace(*workspace_id),
             _ => AggregateId::Account(crate::decider::account_of(self)),
         }
     }
@@ -372,8 +456,9 @@ impl Command {
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Outcome {
     Accepted {
+        /// The account, or the workspace for workspace commands.
         account_id: Uuid,
-        /// The account's version after the command.
+        /// The version of that aggregate after the command.
         version: u64,
         /// The event-log position the read models must include to show the result;
         /// absent when the account has no event yet in this process's view.

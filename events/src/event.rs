@@ -34,6 +34,13 @@ pub enum DomainEvent {
     PasswordResetRequested(PasswordResetRequested),
     PasswordReset(PasswordReset),
     EmailReleased(EmailReleased),
+    WorkspaceCreated(WorkspaceCreated),
+    WorkspaceMemberAdded(WorkspaceMemberAdded),
+    WorkspaceMemberRemoved(WorkspaceMemberRemoved),
+    AgentCreated(AgentCreated),
+    AgentDeleted(AgentDeleted),
+    ProfilePictureChanged(ProfilePictureChanged),
+    ProfilePictureRemoved(ProfilePictureRemoved),
 }
 
 /// An account was created. The password is present only as an argon2id PHC string.
@@ -321,6 +328,67 @@ impl std::fmt::Debug for PasswordReset {
     }
 }
 
+/// A workspace was created; its owner is its first member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceCreated {
+    pub workspace_id: Uuid,
+    pub name: String,
+    pub owner_id: Uuid,
+}
+
+/// An account became a member of the workspace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceMemberAdded {
+    pub account_id: Uuid,
+}
+
+/// An account stopped being a member of the workspace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceMemberRemoved {
+    pub account_id: Uuid,
+}
+
+/// A member created an agent in the workspace and owns it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentCreated {
+    pub agent_id: Uuid,
+    pub name: String,
+    pub owner_id: Uuid,
+}
+
+/// An agent was deleted from the workspace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentDeleted {
+    pub agent_id: Uuid,
+}
+
+/// The account's profile picture was replaced. The image bytes are stored outside Kafka,
+/// addressed by `sha256`; the event carries what describes them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfilePictureChanged {
+    /// `image/jpeg`, `image/png` or `image/gif`, detected from the content.
+    pub content_type: String,
+    /// Size in bytes of the uploaded file.
+    pub size: u64,
+    pub width: u32,
+    pub height: u32,
+    /// Hex SHA-256 of the uploaded file.
+    pub upload_sha256: String,
+    /// Hex SHA-256 of the 200x200 rendition that is served, its storage key.
+    pub sha256: String,
+}
+
+/// The account's profile picture was removed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfilePictureRemoved {}
+
 /// Error decoding an event payload of a known type.
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
@@ -358,6 +426,13 @@ impl DomainEvent {
     pub const PASSWORD_RESET_REQUESTED: &'static str = "accounts.PasswordResetRequested";
     pub const PASSWORD_RESET: &'static str = "accounts.PasswordReset";
     pub const EMAIL_RELEASED: &'static str = "accounts.EmailReleased";
+    pub const WORKSPACE_CREATED: &'static str = "accounts.WorkspaceCreated";
+    pub const WORKSPACE_MEMBER_ADDED: &'static str = "accounts.WorkspaceMemberAdded";
+    pub const WORKSPACE_MEMBER_REMOVED: &'static str = "accounts.WorkspaceMemberRemoved";
+    pub const AGENT_CREATED: &'static str = "accounts.AgentCreated";
+    pub const AGENT_DELETED: &'static str = "accounts.AgentDeleted";
+    pub const PROFILE_PICTURE_CHANGED: &'static str = "accounts.ProfilePictureChanged";
+    pub const PROFILE_PICTURE_REMOVED: &'static str = "accounts.ProfilePictureRemoved";
 
     /// Returns the CloudEvents `type` of this event.
     pub fn event_type(&self) -> &'static str {
@@ -385,6 +460,13 @@ impl DomainEvent {
             Self::PasswordResetRequested(_) => Self::PASSWORD_RESET_REQUESTED,
             Self::PasswordReset(_) => Self::PASSWORD_RESET,
             Self::EmailReleased(_) => Self::EMAIL_RELEASED,
+            Self::WorkspaceCreated(_) => Self::WORKSPACE_CREATED,
+            Self::WorkspaceMemberAdded(_) => Self::WORKSPACE_MEMBER_ADDED,
+            Self::WorkspaceMemberRemoved(_) => Self::WORKSPACE_MEMBER_REMOVED,
+            Self::AgentCreated(_) => Self::AGENT_CREATED,
+            Self::AgentDeleted(_) => Self::AGENT_DELETED,
+            Self::ProfilePictureChanged(_) => Self::PROFILE_PICTURE_CHANGED,
+            Self::ProfilePictureRemoved(_) => Self::PROFILE_PICTURE_REMOVED,
         }
     }
 
@@ -420,6 +502,13 @@ impl DomainEvent {
                 | Self::PASSWORD_RESET_REQUESTED
                 | Self::PASSWORD_RESET
                 | Self::EMAIL_RELEASED
+                | Self::WORKSPACE_CREATED
+                | Self::WORKSPACE_MEMBER_ADDED
+                | Self::WORKSPACE_MEMBER_REMOVED
+                | Self::AGENT_CREATED
+                | Self::AGENT_DELETED
+                | Self::PROFILE_PICTURE_CHANGED
+                | Self::PROFILE_PICTURE_REMOVED
         )
     }
 
@@ -449,6 +538,13 @@ impl DomainEvent {
             Self::PasswordResetRequested(payload) => serde_json::to_value(payload),
             Self::PasswordReset(payload) => serde_json::to_value(payload),
             Self::EmailReleased(payload) => serde_json::to_value(payload),
+            Self::WorkspaceCreated(payload) => serde_json::to_value(payload),
+            Self::WorkspaceMemberAdded(payload) => serde_json::to_value(payload),
+            Self::WorkspaceMemberRemoved(payload) => serde_json::to_value(payload),
+            Self::AgentCreated(payload) => serde_json::to_value(payload),
+            Self::AgentDeleted(payload) => serde_json::to_value(payload),
+            Self::ProfilePictureChanged(payload) => serde_json::to_value(payload),
+            Self::ProfilePictureRemoved(payload) => serde_json::to_value(payload),
         }
     }
 
@@ -539,6 +635,27 @@ impl DomainEvent {
             }
             Self::EMAIL_RELEASED => {
                 Self::EmailReleased(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::WORKSPACE_CREATED => {
+                Self::WorkspaceCreated(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::WORKSPACE_MEMBER_ADDED => {
+                Self::WorkspaceMemberAdded(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::WORKSPACE_MEMBER_REMOVED => {
+                Self::WorkspaceMemberRemoved(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::AGENT_CREATED => {
+                Self::AgentCreated(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::AGENT_DELETED => {
+                Self::AgentDeleted(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::PROFILE_PICTURE_CHANGED => {
+                Self::ProfilePictureChanged(serde_json::from_value(data).map_err(invalid)?)
+            }
+            Self::PROFILE_PICTURE_REMOVED => {
+                Self::ProfilePictureRemoved(serde_json::from_value(data).map_err(invalid)?)
             }
             _ => return Ok(None),
         };

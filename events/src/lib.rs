@@ -21,6 +21,13 @@ pub use event::{
     PasswordResetRequested, ProfileUpdated, SecondFactorFailed, SessionStarted, SessionVerified,
     SessionsRevoked, TotpDisabled, TotpEnabled, TotpEnrollmentStarted, TotpStepUsed,
 };
+pub use event::{
+    AgentCreated, AgentDeleted, ProfilePictureChanged, ProfilePictureRemoved, WorkspaceCreated,
+    WorkspaceMemberAdded, WorkspaceMemberRemoved,
+};
 pub use industry::INDUSTRIES;
-pub use state::{AccountState, EmailClaimState, PendingEmail, PendingReset, SessionState};
+pub use state::{
+    AccountState, AgentState, EmailClaimState, PendingEmail, PendingReset, Picture, SessionState,
+    WorkspaceState,
+};
 pub use topics::{partition_for, AggregateId, Topics, DEFAULT_PARTITIONS};

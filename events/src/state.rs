@@ -1,10 +1,10 @@
-//! Account and email-claim state, folded from events.
+//! Account, email-claim and workspace state, folded from events.
 //!
 //! `evolve` only assigns: every rule about whether an event may happen lives in the
 //! command service's deciders. The query side uses the same fold to show an account as of
 //! a past instant.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -48,6 +48,7 @@ pub struct AccountState {
     pub claiming_email: Option<(String, String)>,
     /// The password-reset link that is still valid, if any.
     pub password_reset: Option<PendingReset>,
+    pub picture: Option<Picture>,
     pub registered_at: Option<DateTime<Utc>>,
     pub updated_at: Option<DateTime<Utc>>,
     /// The sequence number of the last event applied.
@@ -80,6 +81,69 @@ pub struct PendingEmail {
     pub purpose: String,
     pub token_sha256: String,
     pub expires_at: DateTime<Utc>,
+}
+
+/// The profile picture of an account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Picture {
+    pub content_type: String,
+    /// Hex SHA-256 of the served rendition.
+    pub sha256: String,
+}
+
+/// A workspace with its members and agents.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkspaceState {
+    pub name: String,
+    pub owner_id: Option<Uuid>,
+    pub members: BTreeSet<Uuid>,
+    pub agents: BTreeMap<Uuid, AgentState>,
+    pub version: u64,
+}
+
+/// An agent of a workspace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentState {
+    pub name: String,
+    pub owner_id: Uuid,
+}
+
+impl WorkspaceState {
+    /// Returns true once the workspace has been created.
+    pub fn exists(&self) -> bool {
+        self.version > 0
+    }
+
+    /// Applies one of this workspace's events.
+    pub fn evolve(&mut self, recorded: &RecordedEvent) {
+        match &recorded.event {
+            DomainEvent::WorkspaceCreated(created) => {
+                self.name = created.name.clone();
+                self.owner_id = Some(created.owner_id);
+                self.members.insert(created.owner_id);
+            }
+            DomainEvent::WorkspaceMemberAdded(added) => {
+                self.members.insert(added.account_id);
+            }
+            DomainEvent::WorkspaceMemberRemoved(removed) => {
+                self.members.remove(&removed.account_id);
+            }
+            DomainEvent::AgentCreated(created) => {
+                self.agents.insert(
+                    created.agent_id,
+                    AgentState {
+                        name: created.name.clone(),
+                        owner_id: created.owner_id,
+                    },
+                );
+            }
+            DomainEvent::AgentDeleted(deleted) => {
+                self.agents.remove(&deleted.agent_id);
+            }
+            _ => {}
+        }
+        self.version = recorded.meta.sequence;
+    }
 }
 
 /// The valid password-reset link of an account.
@@ -247,7 +311,22 @@ impl AccountState {
                 self.factor_failures = failed.failures;
                 self.factor_locked_until = failed.locked_until;
             }
-            DomainEvent::EmailClaimed(_) | DomainEvent::EmailReleased(_) => {}
+            DomainEvent::ProfilePictureChanged(changed) => {
+                self.picture = Some(Picture {
+                    content_type: changed.content_type.clone(),
+                    sha256: changed.sha256.clone(),
+                });
+            }
+            DomainEvent::ProfilePictureRemoved(_) => {
+                self.picture = None;
+            }
+            DomainEvent::EmailClaimed(_)
+            | DomainEvent::EmailReleased(_)
+            | DomainEvent::WorkspaceCreated(_)
+            | DomainEvent::WorkspaceMemberAdded(_)
+            | DomainEvent::WorkspaceMemberRemoved(_)
+            | DomainEvent::AgentCreated(_)
+            | DomainEvent::AgentDeleted(_) => {}
         }
         self.updated_at = Some(time);
         self.version = recorded.meta.sequence;

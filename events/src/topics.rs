@@ -50,21 +50,29 @@ pub enum AggregateId {
     Account(Uuid),
     /// The claim on one email address, keyed by the normalised address.
     EmailClaim(String),
+    /// A workspace, keyed by `workspace:` and its UUID.
+    Workspace(Uuid),
 }
 
 const EMAIL_CLAIM_PREFIX: &str = "email:";
+const WORKSPACE_PREFIX: &str = "workspace:";
 
 impl AggregateId {
-    /// Returns the record key: the account UUID, or `email:` and the normalised address.
+    /// Returns the record key: the account UUID, `email:` and the normalised address, or
+    /// `workspace:` and the workspace UUID.
     pub fn key(&self) -> String {
         match self {
             Self::Account(id) => id.to_string(),
             Self::EmailClaim(address) => format!("{EMAIL_CLAIM_PREFIX}{address}"),
+            Self::Workspace(id) => format!("{WORKSPACE_PREFIX}{id}"),
         }
     }
 
     /// Parses a record key written by [`AggregateId::key`].
     pub fn parse(key: &str) -> Option<Self> {
+        if let Some(id) = key.strip_prefix(WORKSPACE_PREFIX) {
+            return Uuid::parse_str(id).ok().map(Self::Workspace);
+        }
         match key.strip_prefix(EMAIL_CLAIM_PREFIX) {
             Some(address) if !address.is_empty() => Some(Self::EmailClaim(address.to_owned())),
             Some(_) => None,

@@ -272,9 +272,143 @@ pub async fn apply(
             let account_id = account_id(&meta.subject)?;
             bump_version(connection, account_id, version).await?;
         }
+        DomainEvent::ProfilePictureChanged(changed) => {
+            let account_id = account_id(&meta.subject)?;
+            set_picture(
+                connection,
+                account_id,
+                version,
+                meta.time,
+                Some(&changed.sha256),
+            )
+            .await?;
+        }
+        DomainEvent::ProfilePictureRemoved(_) => {
+            let account_id = account_id(&meta.subject)?;
+            set_picture(connection, account_id, version, meta.time, None).await?;
+        }
+        DomainEvent::WorkspaceCreated(created) => {
+            sqlx::query(
+                "INSERT INTO workspaces (workspace_id, name, owner_id, version, created_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (workspace_id) DO NOTHING",
+            )
+            .bind(created.workspace_id)
+            .bind(&created.name)
+            .bind(created.owner_id)
+            .bind(version)
+            .bind(meta.time)
+            .execute(&mut *connection)
+            .await?;
+            sqlx::query(
+                "INSERT INTO workspace_members (workspace_id, account_id, added_at) \
+                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(created.workspace_id)
+            .bind(created.owner_id)
+            .bind(meta.time)
+            .execute(&mut *connection)
+            .await?;
+        }
+        DomainEvent::WorkspaceMemberAdded(added) => {
+            let workspace_id = workspace_id(&meta.subject)?;
+            if advance_workspace(connection, workspace_id, version).await? {
+                sqlx::query(
+                    "INSERT INTO workspace_members (workspace_id, account_id, added_at) \
+                     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                )
+                .bind(workspace_id)
+                .bind(added.account_id)
+                .bind(meta.time)
+                .execute(&mut *connection)
+                .await?;
+            }
+        }
+        DomainEvent::WorkspaceMemberRemoved(removed) => {
+            let workspace_id = workspace_id(&meta.subject)?;
+            if advance_workspace(connection, workspace_id, version).await? {
+                sqlx::query(
+                    "DELETE FROM workspace_members WHERE workspace_id = $1 AND account_id = $2",
+                )
+                .bind(workspace_id)
+                .bind(removed.account_id)
+                .execute(&mut *connection)
+                .await?;
+            }
+        }
+        DomainEvent::AgentCreated(created) => {
+            let workspace_id = workspace_id(&meta.subject)?;
+            if advance_workspace(connection, workspace_id, version).await? {
+                sqlx::query(
+                    "INSERT INTO agents (agent_id, workspace_id, name, owner_id, created_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (agent_id) DO NOTHING",
+                )
+                .bind(created.agent_id)
+                .bind(workspace_id)
+                .bind(&created.name)
+                .bind(created.owner_id)
+                .bind(meta.time)
+                .execute(&mut *connection)
+                .await?;
+            }
+        }
+        DomainEvent::AgentDeleted(deleted) => {
+            let workspace_id = workspace_id(&meta.subject)?;
+            if advance_workspace(connection, workspace_id, version).await? {
+                sqlx::query("DELETE FROM agents WHERE agent_id = $1")
+                    .bind(deleted.agent_id)
+                    .execute(&mut *connection)
+                    .await?;
+            }
+        }
         DomainEvent::EmailClaimed(_) | DomainEvent::EmailReleased(_) => {}
     }
     Ok(())
+}
+
+/// Sets or clears the picture of an account.
+async fn set_picture(
+    connection: &mut PgConnection,
+    account_id: Uuid,
+    version: i64,
+    time: chrono::DateTime<chrono::Utc>,
+    sha256: Option<&String>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE accounts SET picture_sha256 = $2, version = $3, updated_at = $4 \
+         WHERE account_id = $1 AND version < $3",
+    )
+    .bind(account_id)
+    .bind(sha256)
+    .bind(version)
+    .bind(time)
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
+/// Moves the workspace row to `version`. Returns false when the row already reflects this
+/// event or a later one, so the caller skips a replayed change.
+async fn advance_workspace(
+    connection: &mut PgConnection,
+    workspace_id: Uuid,
+    version: i64,
+) -> sqlx::Result<bool> {
+    let advanced =
+        sqlx::query("UPDATE workspaces SET version = $2 WHERE workspace_id = $1 AND version < $2")
+            .bind(workspace_id)
+            .bind(version)
+            .execute(&mut *connection)
+            .await?;
+    Ok(advanced.rows_affected() == 1)
+}
+
+fn workspace_id(subject: &str) -> sqlx::Result<Uuid> {
+    match accounts_events::AggregateId::parse(subject) {
+        Some(accounts_events::AggregateId::Workspace(id)) => Ok(id),
+        _ => Err(sqlx::Error::Decode(
+            format!("{subject:?} is not a workspace subject").into(),
+        )),
+    }
 }
 
 /// Sets or clears the address of a pending email change.

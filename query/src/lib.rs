@@ -1,4 +1,8 @@
-//! The read API for the dashboard: profiles and reference data from the read models.
+//! The read API for the dashboard: profiles, pictures, sessions, security settings,
+//! workspaces and reference data from the read models.
+
+mod pictures;
+mod workspaces;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,6 +26,11 @@ use tokio::task::JoinHandle;
 use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
+/// Returns the path under which this service serves the picture rendition `sha256`.
+pub fn picture_url(sha256: &str) -> String {
+    format!("/v1/pictures/{sha256}")
+}
+
 /// Maximum wait for `X-Min-Position`.
 const MIN_POSITION_WAIT: Duration = Duration::from_secs(2);
 
@@ -40,7 +49,7 @@ pub struct ServeConfig {
 }
 
 #[derive(Clone)]
-struct AppState {
+pub(crate) struct AppState {
     pool: PgPool,
     auth: accounts_platform::SessionAuth,
     progress: ProjectionProgress,
@@ -50,12 +59,24 @@ struct AppState {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "accounts-query", description = "Account settings: reads."),
-    paths(get_profile, list_industries, list_sessions, get_security),
+    paths(
+        get_profile,
+        list_industries,
+        list_sessions,
+        get_security,
+        pictures::get_own_picture,
+        pictures::get_picture,
+        workspaces::list_members,
+        workspaces::list_agents
+    ),
     components(schemas(
         Profile,
         IndustryOption,
         SessionView,
         SecuritySummary,
+        workspaces::MemberView,
+        workspaces::AgentView,
+        workspaces::AgentOwner,
         ProblemDetails,
         FieldError
     ))
@@ -82,6 +103,16 @@ pub async fn serve_api(
             .route("/v1/industries", get(list_industries))
             .route("/v1/sessions", get(list_sessions))
             .route("/v1/security", get(get_security))
+            .route("/v1/profile/picture", get(pictures::get_own_picture))
+            .route("/v1/pictures/{sha256}", get(pictures::get_picture))
+            .route(
+                "/v1/workspaces/{workspace_id}/members",
+                get(workspaces::list_members),
+            )
+            .route(
+                "/v1/workspaces/{workspace_id}/agents",
+                get(workspaces::list_agents),
+            )
             .with_state(state)
             .merge(health_routes(Readiness::new(pool, &config.kafka)?, openapi)),
     );
@@ -95,7 +126,10 @@ pub async fn serve_api(
 }
 
 /// Waits until the read models include the `X-Min-Position` header's position, if any.
-async fn await_min_position(state: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
+pub(crate) async fn await_min_position(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<(), Problem> {
     let Some(value) = headers.get("x-min-position") else {
         return Ok(());
     };
@@ -158,6 +192,7 @@ struct ProfileRow {
     company_name: Option<String>,
     industry: Option<String>,
     business_phone: Option<String>,
+    picture_sha256: Option<String>,
     version: i64,
     updated_at: DateTime<Utc>,
 }
@@ -179,7 +214,7 @@ async fn get_profile(
     tracing::Span::current().record("account_id", tracing::field::display(caller.account_id));
 
     let row: Option<ProfileRow> = sqlx::query_as(
-        "SELECT account_id, email, email_verified, pending_email, name, company_name, industry, business_phone, version, updated_at \
+        "SELECT account_id, email, email_verified, pending_email, name, company_name, industry, business_phone, picture_sha256, version, updated_at \
          FROM accounts WHERE account_id = $1",
     )
     .bind(caller.account_id)
@@ -200,7 +235,7 @@ async fn get_profile(
         company_name: row.company_name,
         industry: row.industry,
         business_phone: row.business_phone,
-        picture_url: None,
+        picture_url: row.picture_sha256.as_deref().map(picture_url),
         version,
         updated_at: row.updated_at,
     };
