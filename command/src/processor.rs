@@ -30,7 +30,7 @@ use accounts_events::envelope::Decoded;
 use accounts_events::{
     AccountState, AggregateId, EmailClaimState, EventMeta, RecordedEvent, WorkspaceState,
 };
-use accounts_platform::kafka::client_config;
+use accounts_platform::kafka::{client_config, EndOfPartitionIsExpected};
 use accounts_platform::{KafkaConfig, Position};
 use anyhow::{anyhow, bail, Context as _};
 use chrono::Utc;
@@ -38,7 +38,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use uuid::Uuid;
 
@@ -1009,22 +1008,6 @@ fn wait_for_deliveries(
     delivered.clear();
     Ok(offsets)
 }
-
-/// A consumer context that does not report reaching the end of a partition as an error,
-/// because the rebuild reads exactly up to there.
-struct EndOfPartitionIsExpected;
-
-impl ClientContext for EndOfPartitionIsExpected {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let end_of_partition = matches!(error, KafkaError::PartitionEOF(_))
-            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
-        if !end_of_partition {
-            tracing::error!(%error, reason, "rebuild consumer error");
-        }
-    }
-}
-
-impl ConsumerContext for EndOfPartitionIsExpected {}
 
 /// Reads event partition `partition` from the start with read_committed and folds it into
 /// the state of every aggregate in it. Returns the state and the number of events read.

@@ -3,12 +3,16 @@
 //! Everything a consumer of `accounts.events.v1` needs: topic names, the partitioning
 //! function, the CloudEvents record envelope, the event types with their schema versions,
 //! and [`AccountState::evolve`], the fold that turns an account's events into its state.
-//! This crate contains no business rules and performs no I/O.
+//! This crate contains no business rules and performs no I/O, except the optional
+//! `subscriber` module (feature `kafka`), a reader of `profiles.public.v1`.
 
 pub mod envelope;
 pub mod event;
 pub mod industry;
+pub mod public;
 pub mod state;
+#[cfg(feature = "kafka")]
+pub mod subscriber;
 pub mod topics;
 
 pub use envelope::{
@@ -26,6 +30,7 @@ pub use event::{
     WorkspaceMemberAdded, WorkspaceMemberRemoved,
 };
 pub use industry::INDUSTRIES;
+pub use public::{PublicProfile, PublicProfiles};
 pub use state::{
     AccountState, AgentState, EmailClaimState, PendingEmail, PendingReset, Picture, SessionState,
     WorkspaceState,

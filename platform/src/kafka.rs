@@ -6,8 +6,10 @@ use anyhow::{bail, Context};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
 
 use crate::config::KafkaConfig;
 
@@ -101,3 +103,19 @@ pub async fn verify_partitions(config: &KafkaConfig) -> anyhow::Result<()> {
     .await
     .context("partition check task failed")?
 }
+
+/// A consumer context that does not report reaching the end of a partition as an error,
+/// for readers that read a partition exactly up to its end.
+pub struct EndOfPartitionIsExpected;
+
+impl ClientContext for EndOfPartitionIsExpected {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let end_of_partition = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
+        if !end_of_partition {
+            tracing::error!(%error, reason, "consumer error");
+        }
+    }
+}
+
+impl ConsumerContext for EndOfPartitionIsExpected {}

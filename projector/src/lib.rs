@@ -12,6 +12,7 @@
 
 pub mod notifier;
 pub mod project;
+pub mod public;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

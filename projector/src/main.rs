@@ -5,6 +5,7 @@ use accounts_platform::http::{health_routes, HealthApi, Readiness};
 use accounts_platform::secrets::{EncryptionConfig, SecretBox};
 use accounts_platform::{DatabaseConfig, KafkaConfig};
 use accounts_projector::notifier::{spawn_notifier, MailConfig};
+use accounts_projector::public::{spawn_publisher, PublisherControl};
 use accounts_projector::{spawn_projector, ProjectorControl};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -21,7 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum CliCommand {
-    /// Project events, mail links and notices, and serve health and metrics.
+    /// Project events, publish public profiles, mail links and notices, and serve health
+    /// and metrics.
     Serve(Box<ServeArgs>),
     /// Apply the database migrations that are missing.
     Migrate {
@@ -81,6 +83,9 @@ async fn main() -> anyhow::Result<()> {
             let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
             let notifier = spawn_notifier(kafka.clone(), pool.clone(), mail, secrets).await?;
+            let publisher_control = Arc::new(PublisherControl::default());
+            let publisher = spawn_publisher(kafka.clone(), publisher_control.clone())
+                .context("failed to start the public profile publisher")?;
             let projector =
                 spawn_projector(kafka, pool, Arc::new(ProjectorControl::default())).await?;
             tokio::select! {
@@ -95,6 +100,10 @@ async fn main() -> anyhow::Result<()> {
                 () = accounts_platform::telemetry::shutdown_signal() => {
                     tracing::info!("shutting down");
                     server.abort();
+                    publisher_control.stop();
+                    if publisher.join().is_err() {
+                        tracing::error!("the public profile publisher panicked");
+                    }
                     Ok(())
                 }
             }

@@ -39,6 +39,7 @@ pub struct TestApp {
     pub projector_task: JoinHandle<anyhow::Result<()>>,
     servers: Vec<JoinHandle<()>>,
     notifier_task: JoinHandle<anyhow::Result<()>>,
+    publisher: Arc<accounts_projector::public::PublisherControl>,
 }
 
 impl Drop for TestApp {
@@ -48,6 +49,7 @@ impl Drop for TestApp {
         }
         self.projector_task.abort();
         self.notifier_task.abort();
+        self.publisher.stop();
         for decider in &self.deciders {
             decider.control.stop();
         }
@@ -211,6 +213,8 @@ async fn spawn_app_with(decider_count: usize) -> anyhow::Result<TestApp> {
     let deciders = spawn_deciders(&kafka, decider_count)?;
     let projector = Arc::new(ProjectorControl::default());
     let projector_task = spawn_projector(kafka.clone(), pool.clone(), projector.clone()).await?;
+    let publisher = Arc::new(accounts_projector::public::PublisherControl::default());
+    accounts_projector::public::spawn_publisher(kafka.clone(), publisher.clone())?;
     let encryption = accounts_command::secrets::EncryptionConfig {
         keys: format!("test={TEST_ENCRYPTION_KEY}").into(),
         active_key_id: "test".into(),
@@ -286,6 +290,7 @@ async fn spawn_app_with(decider_count: usize) -> anyhow::Result<TestApp> {
         projector_task,
         servers: vec![command_server, query_server],
         notifier_task,
+        publisher,
     })
 }
 
@@ -499,6 +504,11 @@ fn read_topic(kafka: &KafkaConfig, topic: &str, isolation: &str) -> Vec<Event> {
         }
     }
     events
+}
+
+/// Reads every committed record of `topic`.
+pub fn read_committed_records(kafka: &KafkaConfig, topic: &str) -> Vec<Event> {
+    read_topic(kafka, topic, "read_committed")
 }
 
 /// Reads every record of `topic`, those of aborted transactions included.

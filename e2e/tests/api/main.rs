@@ -10,6 +10,7 @@ mod helpers;
 mod mfa;
 mod picture;
 mod projector;
+mod public;
 mod reset;
 mod security;
 mod slice;
