@@ -7,6 +7,7 @@
 //! `requestdigest`, the SHA-256 of the request behind the command, is present when known.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -18,7 +19,7 @@ pub const CONTENT_TYPE: &str = "application/cloudevents+json";
 const SPEC_VERSION: &str = "1.0";
 
 /// The kind of actor that caused an event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ActorKind {
     /// A signed-in account.
@@ -65,33 +66,53 @@ pub struct RecordedEvent {
     pub event: DomainEvent,
 }
 
-/// The JSON shape of a record value.
-#[derive(Debug, Serialize, Deserialize)]
+/// The JSON shape of a record value: a CloudEvents 1.0 event in structured mode, with
+/// extension attributes for the aggregate, the command and the actor.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[schemars(title = "CloudEvent")]
 struct CloudEvent {
+    /// Always `1.0`.
     specversion: String,
+    /// The event id, a UUIDv7.
     id: Uuid,
+    /// The service that wrote the event, such as `/accounts-command`.
     source: String,
+    /// The event type, such as `accounts.ProfileUpdated`.
     #[serde(rename = "type")]
     event_type: String,
     time: DateTime<Utc>,
+    /// The aggregate key: an account id, `email:<address>` or `workspace:<id>`.
     subject: String,
+    /// Always `application/json`.
     datacontenttype: String,
+    /// `account`, `email_claim` or `workspace`.
     aggregatetype: String,
+    /// The event's sequence number within its aggregate, from 1 without gaps.
     aggregatesequence: u64,
+    /// The schema version of `data`.
     schemaversion: u32,
+    /// The command that caused the event.
     commandid: Uuid,
     correlationid: Uuid,
     causationid: Uuid,
     actortype: ActorKind,
+    /// The account id of the actor, when an account acted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     actorid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     actorip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     actoruseragent: Option<String>,
+    /// SHA-256 of the request that issued the command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     requestdigest: Option<String>,
+    /// The event payload, as described by the schema of `type`.
     data: serde_json::Value,
+}
+
+/// Returns the JSON Schema of a record value of `accounts.events.v1`.
+pub fn envelope_schema() -> schemars::Schema {
+    schemars::schema_for!(CloudEvent)
 }
 
 /// Error reading a record value.

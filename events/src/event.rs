@@ -5,6 +5,7 @@
 //! versions they still find in the log.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -44,7 +45,7 @@ pub enum DomainEvent {
 }
 
 /// An account was created. The password is present only as an argon2id PHC string.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccountRegistered {
     pub account_id: Uuid,
@@ -68,7 +69,7 @@ impl std::fmt::Debug for AccountRegistered {
 
 /// The profile after a change: every profile field with its new value, and the names of
 /// the fields that changed. Carrying the whole profile keeps replays idempotent.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileUpdated {
     pub name: String,
@@ -82,7 +83,7 @@ pub struct ProfileUpdated {
 
 /// A session was opened after a successful sign-in. The token is present only as the
 /// hex SHA-256 of its bytes.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionStarted {
     pub session_id: Uuid,
@@ -106,7 +107,7 @@ impl std::fmt::Debug for SessionStarted {
 
 /// Sessions were ended: signed out, revoked one by one or all at once, or revoked because
 /// the password changed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionsRevoked {
     pub session_ids: Vec<Uuid>,
@@ -115,7 +116,7 @@ pub struct SessionsRevoked {
 }
 
 /// The password was replaced. It is present only as an argon2id PHC string.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChanged {
     pub password_hash: String,
@@ -133,7 +134,7 @@ impl std::fmt::Debug for PasswordChanged {
 
 /// A TOTP factor was generated and waits for confirmation with a valid code. The secret
 /// is present only encrypted (`v1:<key id>:<nonce>:<ciphertext>`, AES-256-GCM).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TotpEnrollmentStarted {
     pub secret_ciphertext: String,
@@ -141,7 +142,7 @@ pub struct TotpEnrollmentStarted {
 
 /// The pending TOTP factor was confirmed: sign-in now needs a code or a backup code.
 /// Backup codes are present only as hex SHA-256 hashes.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TotpEnabled {
     pub secret_ciphertext: String,
@@ -152,14 +153,14 @@ pub struct TotpEnabled {
 }
 
 /// A TOTP code was accepted; its step and earlier steps can never be used again.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TotpStepUsed {
     pub step: u64,
 }
 
 /// A backup code was accepted and is used up.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackupCodeUsed {
     /// Position of the code in the list of the last `TotpEnabled`.
@@ -168,7 +169,7 @@ pub struct BackupCodeUsed {
 
 /// A wrong TOTP or backup code was entered at sign-in. From a threshold on, the factor is
 /// locked until `locked_until`, for a delay that doubles with each further failure.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecondFactorFailed {
     /// Consecutive failures, this one included.
@@ -177,21 +178,21 @@ pub struct SecondFactorFailed {
 }
 
 /// Two-factor authentication was turned off; the secret and backup codes are void.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TotpDisabled {
     pub credential_version: u64,
 }
 
 /// New backup codes replaced the old ones, which are void. Present only as SHA-256 hashes.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackupCodesRegenerated {
     pub backup_code_hashes: Vec<String>,
 }
 
 /// The user of a session proved again who they are, for actions that need a recent check.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionVerified {
     pub session_id: Uuid,
@@ -216,7 +217,7 @@ redacted_debug!(
 );
 
 /// An email address was claimed by an account, making it unavailable to others.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailClaimed {
     pub email_normalized: String,
@@ -224,7 +225,7 @@ pub struct EmailClaimed {
 }
 
 /// The claim on an address was given up after the account moved to another address.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailReleased {
     pub email_normalized: String,
@@ -234,7 +235,7 @@ pub struct EmailReleased {
 /// A link to prove control of an address was mailed to it. The token in the link is
 /// present only as its hex SHA-256, and sealed (AES-256-GCM) for the notifier that mails it.
 /// A newer request voids the token of an older one.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailVerificationRequested {
     /// The address to verify, as the user typed it.
@@ -249,7 +250,7 @@ pub struct EmailVerificationRequested {
 }
 
 /// The account's own address was verified through the mailed link.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailVerified {
     pub email: String,
@@ -257,7 +258,7 @@ pub struct EmailVerified {
 
 /// The link to a new address was confirmed. The account waits for the claim on the new
 /// address, which ends in `EmailChanged` or `EmailChangeFailed`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailChangeConfirmed {
     pub email: String,
@@ -265,7 +266,7 @@ pub struct EmailChangeConfirmed {
 }
 
 /// The account's address was replaced by a verified new one.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailChanged {
     pub previous_email: String,
@@ -274,7 +275,7 @@ pub struct EmailChanged {
 }
 
 /// A confirmed change did not apply; the address stays as it was.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailChangeFailed {
     pub email: String,
@@ -283,7 +284,7 @@ pub struct EmailChangeFailed {
 }
 
 /// The user cancelled a pending change; its link is void.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailChangeCancelled {
     pub email: String,
@@ -291,7 +292,7 @@ pub struct EmailChangeCancelled {
 
 /// A password-reset link was mailed to the account's address. The token is present only
 /// as its hex SHA-256, and sealed for the notifier. A newer request voids the older token.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordResetRequested {
     /// The address the link is mailed to: the account's address at the time.
@@ -302,7 +303,7 @@ pub struct PasswordResetRequested {
 }
 
 /// The password was set through a reset link. It is present only as an argon2id PHC string.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordReset {
     pub password_hash: String,
@@ -329,7 +330,7 @@ impl std::fmt::Debug for PasswordReset {
 }
 
 /// A workspace was created; its owner is its first member.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkspaceCreated {
     pub workspace_id: Uuid,
@@ -338,21 +339,21 @@ pub struct WorkspaceCreated {
 }
 
 /// An account became a member of the workspace.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkspaceMemberAdded {
     pub account_id: Uuid,
 }
 
 /// An account stopped being a member of the workspace.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkspaceMemberRemoved {
     pub account_id: Uuid,
 }
 
 /// A member created an agent in the workspace and owns it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentCreated {
     pub agent_id: Uuid,
@@ -361,7 +362,7 @@ pub struct AgentCreated {
 }
 
 /// An agent was deleted from the workspace.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentDeleted {
     pub agent_id: Uuid,
@@ -369,7 +370,7 @@ pub struct AgentDeleted {
 
 /// The account's profile picture was replaced. The image bytes are stored outside Kafka,
 /// addressed by `sha256`; the event carries what describes them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfilePictureChanged {
     /// `image/jpeg`, `image/png` or `image/gif`, detected from the content.
@@ -385,7 +386,7 @@ pub struct ProfilePictureChanged {
 }
 
 /// The account's profile picture was removed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfilePictureRemoved {}
 
@@ -434,6 +435,78 @@ impl DomainEvent {
     pub const PROFILE_PICTURE_CHANGED: &'static str = "accounts.ProfilePictureChanged";
     pub const PROFILE_PICTURE_REMOVED: &'static str = "accounts.ProfilePictureRemoved";
 
+    /// Every event type this code reads and writes.
+    pub const TYPES: &'static [&'static str] = &[
+        Self::ACCOUNT_REGISTERED,
+        Self::PROFILE_UPDATED,
+        Self::SESSION_STARTED,
+        Self::SESSIONS_REVOKED,
+        Self::PASSWORD_CHANGED,
+        Self::TOTP_ENROLLMENT_STARTED,
+        Self::TOTP_ENABLED,
+        Self::TOTP_STEP_USED,
+        Self::BACKUP_CODE_USED,
+        Self::SECOND_FACTOR_FAILED,
+        Self::TOTP_DISABLED,
+        Self::BACKUP_CODES_REGENERATED,
+        Self::SESSION_VERIFIED,
+        Self::EMAIL_CLAIMED,
+        Self::EMAIL_VERIFICATION_REQUESTED,
+        Self::EMAIL_VERIFIED,
+        Self::EMAIL_CHANGE_CONFIRMED,
+        Self::EMAIL_CHANGED,
+        Self::EMAIL_CHANGE_FAILED,
+        Self::EMAIL_CHANGE_CANCELLED,
+        Self::PASSWORD_RESET_REQUESTED,
+        Self::PASSWORD_RESET,
+        Self::EMAIL_RELEASED,
+        Self::WORKSPACE_CREATED,
+        Self::WORKSPACE_MEMBER_ADDED,
+        Self::WORKSPACE_MEMBER_REMOVED,
+        Self::AGENT_CREATED,
+        Self::AGENT_DELETED,
+        Self::PROFILE_PICTURE_CHANGED,
+        Self::PROFILE_PICTURE_REMOVED,
+    ];
+
+    /// Returns the JSON Schema of the `data` of `event_type`, in its current version.
+    pub fn data_schema(event_type: &str) -> Option<schemars::Schema> {
+        let schema = match event_type {
+            Self::ACCOUNT_REGISTERED => schemars::schema_for!(AccountRegistered),
+            Self::PROFILE_UPDATED => schemars::schema_for!(ProfileUpdated),
+            Self::SESSION_STARTED => schemars::schema_for!(SessionStarted),
+            Self::SESSIONS_REVOKED => schemars::schema_for!(SessionsRevoked),
+            Self::PASSWORD_CHANGED => schemars::schema_for!(PasswordChanged),
+            Self::TOTP_ENROLLMENT_STARTED => schemars::schema_for!(TotpEnrollmentStarted),
+            Self::TOTP_ENABLED => schemars::schema_for!(TotpEnabled),
+            Self::TOTP_STEP_USED => schemars::schema_for!(TotpStepUsed),
+            Self::BACKUP_CODE_USED => schemars::schema_for!(BackupCodeUsed),
+            Self::SECOND_FACTOR_FAILED => schemars::schema_for!(SecondFactorFailed),
+            Self::TOTP_DISABLED => schemars::schema_for!(TotpDisabled),
+            Self::BACKUP_CODES_REGENERATED => schemars::schema_for!(BackupCodesRegenerated),
+            Self::SESSION_VERIFIED => schemars::schema_for!(SessionVerified),
+            Self::EMAIL_CLAIMED => schemars::schema_for!(EmailClaimed),
+            Self::EMAIL_VERIFICATION_REQUESTED => schemars::schema_for!(EmailVerificationRequested),
+            Self::EMAIL_VERIFIED => schemars::schema_for!(EmailVerified),
+            Self::EMAIL_CHANGE_CONFIRMED => schemars::schema_for!(EmailChangeConfirmed),
+            Self::EMAIL_CHANGED => schemars::schema_for!(EmailChanged),
+            Self::EMAIL_CHANGE_FAILED => schemars::schema_for!(EmailChangeFailed),
+            Self::EMAIL_CHANGE_CANCELLED => schemars::schema_for!(EmailChangeCancelled),
+            Self::PASSWORD_RESET_REQUESTED => schemars::schema_for!(PasswordResetRequested),
+            Self::PASSWORD_RESET => schemars::schema_for!(PasswordReset),
+            Self::EMAIL_RELEASED => schemars::schema_for!(EmailReleased),
+            Self::WORKSPACE_CREATED => schemars::schema_for!(WorkspaceCreated),
+            Self::WORKSPACE_MEMBER_ADDED => schemars::schema_for!(WorkspaceMemberAdded),
+            Self::WORKSPACE_MEMBER_REMOVED => schemars::schema_for!(WorkspaceMemberRemoved),
+            Self::AGENT_CREATED => schemars::schema_for!(AgentCreated),
+            Self::AGENT_DELETED => schemars::schema_for!(AgentDeleted),
+            Self::PROFILE_PICTURE_CHANGED => schemars::schema_for!(ProfilePictureChanged),
+            Self::PROFILE_PICTURE_REMOVED => schemars::schema_for!(ProfilePictureRemoved),
+            _ => return None,
+        };
+        Some(schema)
+    }
+
     /// Returns the CloudEvents `type` of this event.
     pub fn event_type(&self) -> &'static str {
         match self {
@@ -477,39 +550,7 @@ impl DomainEvent {
 
     /// Returns true when `event_type` is a type this code can read.
     pub fn is_known_type(event_type: &str) -> bool {
-        matches!(
-            event_type,
-            Self::ACCOUNT_REGISTERED
-                | Self::PROFILE_UPDATED
-                | Self::SESSION_STARTED
-                | Self::SESSIONS_REVOKED
-                | Self::PASSWORD_CHANGED
-                | Self::TOTP_ENROLLMENT_STARTED
-                | Self::TOTP_ENABLED
-                | Self::TOTP_STEP_USED
-                | Self::BACKUP_CODE_USED
-                | Self::SECOND_FACTOR_FAILED
-                | Self::TOTP_DISABLED
-                | Self::BACKUP_CODES_REGENERATED
-                | Self::SESSION_VERIFIED
-                | Self::EMAIL_CLAIMED
-                | Self::EMAIL_VERIFICATION_REQUESTED
-                | Self::EMAIL_VERIFIED
-                | Self::EMAIL_CHANGE_CONFIRMED
-                | Self::EMAIL_CHANGED
-                | Self::EMAIL_CHANGE_FAILED
-                | Self::EMAIL_CHANGE_CANCELLED
-                | Self::PASSWORD_RESET_REQUESTED
-                | Self::PASSWORD_RESET
-                | Self::EMAIL_RELEASED
-                | Self::WORKSPACE_CREATED
-                | Self::WORKSPACE_MEMBER_ADDED
-                | Self::WORKSPACE_MEMBER_REMOVED
-                | Self::AGENT_CREATED
-                | Self::AGENT_DELETED
-                | Self::PROFILE_PICTURE_CHANGED
-                | Self::PROFILE_PICTURE_REMOVED
-        )
+        Self::TYPES.contains(&event_type)
     }
 
     /// Serialises the payload into the JSON stored as the record's `data`.

@@ -154,6 +154,30 @@ async fn subscriber_from_nothing_matches_the_query_service() {
     }
     assert_eq!(subscriber.invalid_records(), 0);
 
+    // Every record matches the published JSON Schemas.
+    let envelope = jsonschema::validator_for(
+        &serde_json::to_value(accounts_events::envelope::envelope_schema()).unwrap(),
+    )
+    .unwrap();
+    for event in app.committed_events() {
+        assert!(envelope.is_valid(&event.value), "{}", event.value);
+        let schema = accounts_events::DomainEvent::data_schema(event.event_type())
+            .unwrap_or_else(|| panic!("no schema for {}", event.event_type()));
+        let data = jsonschema::validator_for(&serde_json::to_value(schema).unwrap()).unwrap();
+        let errors: Vec<String> = data
+            .iter_errors(&event.value["data"])
+            .map(|error| error.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", event.event_type());
+    }
+    let profile_schema = jsonschema::validator_for(
+        &serde_json::to_value(schemars::schema_for!(PublicProfile)).unwrap(),
+    )
+    .unwrap();
+    for record in crate::helpers::read_committed_records(&app.kafka, &topic) {
+        assert!(profile_schema.is_valid(&record.value), "{}", record.value);
+    }
+
     // Exactly once: one committed record per event that changes a public field, and no hash,
     // secret or address in any of them.
     let mut latest: HashMap<String, PublicProfile> = HashMap::new();
