@@ -426,12 +426,9 @@ async fn store_offsets(
     Ok(())
 }
 
-/// Parses the address as typed; one with an international domain name falls back to the
-/// domain's ASCII form.
+/// Parses the recipient with its domain in ASCII form (punycode), which every SMTP server
+/// accepts; the local part stays as typed.
 fn recipient(address: &str) -> anyhow::Result<Mailbox> {
-    if let Ok(mailbox) = address.parse::<Mailbox>() {
-        return Ok(mailbox);
-    }
     let (local, domain) = address
         .rsplit_once('@')
         .ok_or_else(|| anyhow!("the recipient address has no @"))?;
@@ -486,7 +483,7 @@ mod tests {
     }
 
     #[test]
-    fn international_domains_fall_back_to_ascii() {
+    fn international_domains_are_sent_in_ascii() {
         let mailbox = recipient("user@bücher.example").unwrap();
         assert!(mailbox
             .email
