@@ -10,8 +10,8 @@ use accounts_events::{
     TotpStepUsed,
 };
 use accounts_events::{
-    AgentCreated, AgentDeleted, ProfilePictureRemoved, WorkspaceCreated, WorkspaceMemberAdded,
-    WorkspaceMemberRemoved, WorkspaceState,
+    AgentCreated, AgentDeleted, ProfilePictureRemoved, RoleGranted, RoleRevoked, SessionClient,
+    WorkspaceCreated, WorkspaceMemberAdded, WorkspaceMemberRemoved, WorkspaceState,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -650,8 +650,10 @@ fn decide_events(
                 session_id: *session_id,
                 token_sha256: token_sha256.clone(),
                 expires_at: *expires_at,
-                user_agent: user_agent.clone(),
-                ip: ip.clone(),
+                client: SessionClient {
+                    user_agent: user_agent.clone(),
+                    ip: ip.clone(),
+                },
                 method: method.to_owned(),
             });
             Ok(factor_event
@@ -877,6 +879,26 @@ fn decide_events(
                 }),
             )])
         }
+        (Target::Account(account), Command::GrantRole { role, .. }) => {
+            require_version(account, expected_version)?;
+            if account.roles.contains(role) {
+                return Ok(vec![]);
+            }
+            Ok(vec![(
+                EventTarget::Account,
+                DomainEvent::RoleGranted(RoleGranted { role: role.clone() }),
+            )])
+        }
+        (Target::Account(account), Command::RevokeRole { role, .. }) => {
+            require_version(account, expected_version)?;
+            if !account.roles.contains(role) {
+                return Ok(vec![]);
+            }
+            Ok(vec![(
+                EventTarget::Account,
+                DomainEvent::RoleRevoked(RoleRevoked { role: role.clone() }),
+            )])
+        }
         (Target::Account(account), Command::ChangeProfilePicture { picture, .. }) => {
             require_version(account, expected_version)?;
             if account
@@ -1050,7 +1072,9 @@ pub fn account_of(command: &Command) -> Uuid {
         | Command::RequestPasswordReset { account_id, .. }
         | Command::ResetPassword { account_id, .. }
         | Command::ChangeProfilePicture { account_id, .. }
-        | Command::RemoveProfilePicture { account_id } => *account_id,
+        | Command::RemoveProfilePicture { account_id }
+        | Command::GrantRole { account_id, .. }
+        | Command::RevokeRole { account_id, .. } => *account_id,
         Command::CreateWorkspace { owner_id, .. } => *owner_id,
         Command::AddWorkspaceMember { actor_id, .. }
         | Command::RemoveWorkspaceMember { actor_id, .. }
@@ -1100,6 +1124,7 @@ mod tests {
                         user_agent: None,
                     },
                     request_digest: None,
+                    previous_hash: None,
                 },
                 event: event.clone(),
             });
@@ -1315,8 +1340,7 @@ mod tests {
             session_id,
             token_sha256: "00".into(),
             expires_at,
-            user_agent: None,
-            ip: None,
+            client: SessionClient::default(),
             method: "password".into(),
         })
     }

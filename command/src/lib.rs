@@ -13,6 +13,7 @@ pub mod picture;
 pub mod processor;
 pub mod ratelimit;
 pub mod reset;
+pub mod roles;
 pub mod security;
 pub mod wire;
 pub mod workspaces;

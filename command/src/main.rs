@@ -1,3 +1,4 @@
+use accounts_command::roles::{change_role, Role};
 use accounts_command::{serve_api, spawn_deciders, ServeConfig};
 use accounts_platform::KafkaConfig;
 use anyhow::Context;
@@ -17,6 +18,21 @@ enum CliCommand {
     Serve(Box<ServeConfig>),
     /// Create the Kafka topics that are missing.
     CreateTopics(KafkaConfig),
+    /// Give an account a role, recorded as an event. Needs a running `serve`.
+    GrantRole(RoleArgs),
+    /// Take a role away from an account, recorded as an event. Needs a running `serve`.
+    RevokeRole(RoleArgs),
+}
+
+#[derive(clap::Args)]
+struct RoleArgs {
+    #[command(flatten)]
+    kafka: KafkaConfig,
+    /// The account id.
+    #[arg(long)]
+    account: uuid::Uuid,
+    #[arg(long, value_enum)]
+    role: Role,
 }
 
 #[tokio::main]
@@ -24,6 +40,24 @@ async fn main() -> anyhow::Result<()> {
     accounts_platform::telemetry::init_tracing();
     match Cli::parse().command {
         CliCommand::CreateTopics(kafka) => accounts_platform::kafka::create_topics(&kafka).await,
+        CliCommand::GrantRole(args) => {
+            let version = change_role(&args.kafka, args.account, args.role, true).await?;
+            println!(
+                "granted {} to {} (account version {version})",
+                args.role.as_str(),
+                args.account
+            );
+            Ok(())
+        }
+        CliCommand::RevokeRole(args) => {
+            let version = change_role(&args.kafka, args.account, args.role, false).await?;
+            println!(
+                "revoked {} from {} (account version {version})",
+                args.role.as_str(),
+                args.account
+            );
+            Ok(())
+        }
         CliCommand::Serve(config) => {
             accounts_platform::kafka::verify_partitions(&config.kafka).await?;
             let deciders = spawn_deciders(&config.kafka, config.decider_workers)?;

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use accounts_events::envelope::Decoded;
+use accounts_events::envelope::{record_hash, Decoded};
 use accounts_events::{
     AccountState, AggregateId, EmailClaimState, EventMeta, RecordedEvent, WorkspaceState,
 };
@@ -207,6 +207,9 @@ struct PartitionState {
     accounts: HashMap<Uuid, AccountState>,
     claims: HashMap<String, EmailClaimState>,
     workspaces: HashMap<Uuid, WorkspaceState>,
+    /// The record hash of each aggregate's last event, by aggregate key, which the next
+    /// event carries as `previoushash`.
+    hashes: HashMap<String, String>,
     /// The next offset after each account's or workspace's last event.
     positions: HashMap<Uuid, i64>,
     outcomes: HashMap<Uuid, Outcome>,
@@ -523,6 +526,8 @@ struct Decided {
     claims: HashMap<String, EmailClaimState>,
     workspaces: HashMap<Uuid, WorkspaceState>,
     positions: HashMap<Uuid, i64>,
+    /// The record hash of each aggregate's last event, by aggregate key.
+    hashes: HashMap<String, String>,
     outcomes: Vec<(Uuid, Outcome)>,
     digests: HashMap<Uuid, String>,
 }
@@ -532,6 +537,7 @@ impl Decided {
         state.accounts.extend(self.accounts);
         state.claims.extend(self.claims);
         state.workspaces.extend(self.workspaces);
+        state.hashes.extend(self.hashes);
         state.positions.extend(self.positions);
         state.digests.extend(self.digests);
         for (command_id, outcome) in self.outcomes {
@@ -553,6 +559,13 @@ impl Decided {
             .or_else(|| state.claims.get(address))
             .cloned()
             .unwrap_or_default()
+    }
+
+    fn last_hash(&self, state: &PartitionState, key: &str) -> Option<String> {
+        self.hashes
+            .get(key)
+            .or_else(|| state.hashes.get(key))
+            .cloned()
     }
 
     fn workspace(&self, state: &PartitionState, id: Uuid) -> WorkspaceState {
@@ -736,7 +749,7 @@ fn decide_batch(
             None => (account_id, account_id),
         };
         for (target, event) in decision.events {
-            let (subject, aggregate_type, sequence) = match (target, &claim_key, workspace_id) {
+            let (subject_key, aggregate_type, sequence) = match (target, &claim_key, workspace_id) {
                 (EventTarget::EmailClaim, Some(address), _) => (
                     AggregateId::EmailClaim(address.clone()).key(),
                     "email_claim",
@@ -754,7 +767,7 @@ fn decide_batch(
                     event_id: Uuid::now_v7(),
                     source: config.source.clone(),
                     time: now,
-                    subject,
+                    subject: subject_key.clone(),
                     aggregate_type: aggregate_type.to_owned(),
                     sequence,
                     command_id: envelope.command_id,
@@ -762,9 +775,14 @@ fn decide_batch(
                     causation_id: envelope.command_id,
                     actor: envelope.actor.clone(),
                     request_digest: envelope.request_digest.clone(),
+                    previous_hash: decided.last_hash(&owned.state, &subject_key),
                 },
                 event,
             };
+            let payload = recorded.encode().context("failed to encode event")?;
+            decided
+                .hashes
+                .insert(subject_key.clone(), record_hash(&payload));
             match target {
                 EventTarget::EmailClaim => claim.evolve(&recorded),
                 EventTarget::Account => account.evolve(&recorded),
@@ -775,6 +793,7 @@ fn decide_batch(
                 &topics.events,
                 partition,
                 &recorded,
+                &payload,
                 record_index,
             )?;
             if target != EventTarget::EmailClaim {
@@ -883,14 +902,15 @@ fn traceparent(correlation_id: Uuid, event_id: Uuid) -> String {
     format!("00-{}-{span:016x}-01", correlation_id.simple())
 }
 
+/// Sends an event record whose value is `payload`, the encoding of `recorded`.
 fn send_event(
     producer: &BaseProducer<DeliveryRecorder>,
     topic: &str,
     partition: i32,
     recorded: &RecordedEvent,
+    payload: &[u8],
     index: usize,
 ) -> anyhow::Result<()> {
-    let payload = recorded.encode().context("failed to encode event")?;
     let traceparent = traceparent(recorded.meta.correlation_id, recorded.meta.event_id);
     let headers = OwnedHeaders::new()
         .insert(Header {
@@ -904,7 +924,7 @@ fn send_event(
     let record = BaseRecord::with_opaque_to(topic, index)
         .partition(partition)
         .key(&recorded.meta.subject)
-        .payload(&payload)
+        .payload(payload)
         .headers(headers);
     producer
         .send(record)
@@ -1051,6 +1071,9 @@ fn rebuild(
                 let payload = message.payload().unwrap_or_default();
                 match RecordedEvent::decode(payload) {
                     Ok(Decoded::Event(recorded)) => {
+                        state
+                            .hashes
+                            .insert(recorded.meta.subject.clone(), record_hash(payload));
                         fold(&mut state, &recorded, partition, message.offset())
                     }
                     Ok(Decoded::Unknown { event_type, .. }) => {

@@ -198,6 +198,16 @@ pub enum Command {
     RemoveProfilePicture {
         account_id: Uuid,
     },
+    /// Gives the account a role; issued by an operator.
+    GrantRole {
+        account_id: Uuid,
+        role: String,
+    },
+    /// Takes a role away from the account; issued by an operator.
+    RevokeRole {
+        account_id: Uuid,
+        role: String,
+    },
     /// Creates a workspace owned by `owner_id`.
     CreateWorkspace {
         workspace_id: Uuid,
@@ -376,6 +386,8 @@ impl Command {
             Self::RemoveProfilePicture { .. } => {
                 serde_json::json!(["remove_profile_picture", expected_version])
             }
+            Self::GrantRole { role, .. } => serde_json::json!(["grant_role", role]),
+            Self::RevokeRole { role, .. } => serde_json::json!(["revoke_role", role]),
             Self::CreateWorkspace { name, .. } => serde_json::json!(["create_workspace", name]),
             Self::AddWorkspaceMember {
                 workspace_id,
@@ -420,6 +432,8 @@ impl Command {
             Self::ResetPassword { .. } => "reset_password",
             Self::ChangeProfilePicture { .. } => "change_profile_picture",
             Self::RemoveProfilePicture { .. } => "remove_profile_picture",
+            Self::GrantRole { .. } => "grant_role",
+            Self::RevokeRole { .. } => "revoke_role",
             Self::CreateWorkspace { .. } => "create_workspace",
             Self::AddWorkspaceMember { .. } => "add_workspace_member",
             Self::RemoveWorkspaceMember { .. } => "remove_workspace_member",

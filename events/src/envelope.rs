@@ -5,6 +5,9 @@
 //! event, starting at 1. `schemaversion`, `commandid`, `correlationid` and `causationid`
 //! follow. The actor is in `actortype`, `actorid`, `actorip` and `actoruseragent`.
 //! `requestdigest`, the SHA-256 of the request behind the command, is present when known.
+//! `previoushash` is the hex SHA-256 of the record value of the aggregate's previous event,
+//! absent on its first event: the events of an aggregate form a hash chain over the exact
+//! bytes stored in Kafka, so an altered, removed or inserted event breaks it.
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -57,6 +60,17 @@ pub struct EventMeta {
     /// SHA-256 of the request that issued the command, which distinguishes a retry from a
     /// reused idempotency key with another request. Absent in older records.
     pub request_digest: Option<String>,
+    /// Hex SHA-256 of the record value of the aggregate's previous event; absent on the
+    /// first event.
+    pub previous_hash: Option<String>,
+}
+
+/// Returns the hex SHA-256 of a record value, the link that the next event of the same
+/// aggregate carries as `previoushash`.
+pub fn record_hash(record_value: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(record_value);
+    digest.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// An event together with its metadata.
@@ -106,6 +120,9 @@ struct CloudEvent {
     /// SHA-256 of the request that issued the command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     requestdigest: Option<String>,
+    /// Hex SHA-256 of the record value of the aggregate's previous event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previoushash: Option<String>,
     /// The event payload, as described by the schema of `type`.
     data: serde_json::Value,
 }
@@ -160,6 +177,7 @@ impl RecordedEvent {
             actorip: meta.actor.ip.clone(),
             actoruseragent: meta.actor.user_agent.clone(),
             requestdigest: meta.request_digest.clone(),
+            previoushash: meta.previous_hash.clone(),
             data: self.event.to_data()?,
         };
         serde_json::to_vec(&envelope)
@@ -196,6 +214,7 @@ impl RecordedEvent {
                 user_agent: envelope.actoruseragent,
             },
             request_digest: envelope.requestdigest,
+            previous_hash: envelope.previoushash,
         };
         Ok(Decoded::Event(Box::new(RecordedEvent { meta, event })))
     }
@@ -225,6 +244,7 @@ mod tests {
                     user_agent: None,
                 },
                 request_digest: Some("ab".repeat(32)),
+                previous_hash: None,
             },
             event: DomainEvent::ProfileUpdated(ProfileUpdated {
                 name: "Zoë Müller".into(),

@@ -42,6 +42,8 @@ pub enum DomainEvent {
     AgentDeleted(AgentDeleted),
     ProfilePictureChanged(ProfilePictureChanged),
     ProfilePictureRemoved(ProfilePictureRemoved),
+    RoleGranted(RoleGranted),
+    RoleRevoked(RoleRevoked),
 }
 
 /// An account was created. The password is present only as an argon2id PHC string.
@@ -83,16 +85,54 @@ pub struct ProfileUpdated {
 
 /// A session was opened after a successful sign-in. The token is present only as the
 /// hex SHA-256 of its bytes.
+///
+/// Version 2 groups the client's user agent and IP address under `client`; version 1
+/// records, which carry them at the top level, are upcast on read.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionStarted {
     pub session_id: Uuid,
     pub token_sha256: String,
     pub expires_at: DateTime<Utc>,
-    pub user_agent: Option<String>,
-    pub ip: Option<String>,
+    pub client: SessionClient,
     /// The proof of identity used, such as `password`.
     pub method: String,
+}
+
+/// The client that opened a session, as its request showed it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionClient {
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// Version 1 of [`SessionStarted`], as records written before version 2 carry it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "SessionStarted")]
+pub struct SessionStartedV1 {
+    pub session_id: Uuid,
+    pub token_sha256: String,
+    pub expires_at: DateTime<Utc>,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+    pub method: String,
+}
+
+impl From<SessionStartedV1> for SessionStarted {
+    fn from(v1: SessionStartedV1) -> Self {
+        Self {
+            session_id: v1.session_id,
+            token_sha256: v1.token_sha256,
+            expires_at: v1.expires_at,
+            client: SessionClient {
+                user_agent: v1.user_agent,
+                ip: v1.ip,
+            },
+            method: v1.method,
+        }
+    }
 }
 
 impl std::fmt::Debug for SessionStarted {
@@ -390,6 +430,40 @@ pub struct ProfilePictureChanged {
 #[serde(deny_unknown_fields)]
 pub struct ProfilePictureRemoved {}
 
+/// An operator gave the account a role, such as `auditor`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleGranted {
+    pub role: String,
+}
+
+/// An operator took a role away from the account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRevoked {
+    pub role: String,
+}
+
+/// Payload fields that hold a hash, an encrypted secret or a token.
+pub const REDACTED_FIELDS: &[&str] = &[
+    "password_hash",
+    "token_sha256",
+    "token_ciphertext",
+    "secret_ciphertext",
+    "backup_code_hashes",
+];
+
+/// The text that replaces a redacted value.
+pub const REDACTED: &str = "[redacted]";
+
+fn redact(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(text) => *text = REDACTED.to_owned(),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
 /// Error decoding an event payload of a known type.
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
@@ -434,6 +508,8 @@ impl DomainEvent {
     pub const AGENT_DELETED: &'static str = "accounts.AgentDeleted";
     pub const PROFILE_PICTURE_CHANGED: &'static str = "accounts.ProfilePictureChanged";
     pub const PROFILE_PICTURE_REMOVED: &'static str = "accounts.ProfilePictureRemoved";
+    pub const ROLE_GRANTED: &'static str = "accounts.RoleGranted";
+    pub const ROLE_REVOKED: &'static str = "accounts.RoleRevoked";
 
     /// Every event type this code reads and writes.
     pub const TYPES: &'static [&'static str] = &[
@@ -467,6 +543,8 @@ impl DomainEvent {
         Self::AGENT_DELETED,
         Self::PROFILE_PICTURE_CHANGED,
         Self::PROFILE_PICTURE_REMOVED,
+        Self::ROLE_GRANTED,
+        Self::ROLE_REVOKED,
     ];
 
     /// Returns the JSON Schema of the `data` of `event_type`, in its current version.
@@ -502,6 +580,8 @@ impl DomainEvent {
             Self::AGENT_DELETED => schemars::schema_for!(AgentDeleted),
             Self::PROFILE_PICTURE_CHANGED => schemars::schema_for!(ProfilePictureChanged),
             Self::PROFILE_PICTURE_REMOVED => schemars::schema_for!(ProfilePictureRemoved),
+            Self::ROLE_GRANTED => schemars::schema_for!(RoleGranted),
+            Self::ROLE_REVOKED => schemars::schema_for!(RoleRevoked),
             _ => return None,
         };
         Some(schema)
@@ -540,17 +620,42 @@ impl DomainEvent {
             Self::AgentDeleted(_) => Self::AGENT_DELETED,
             Self::ProfilePictureChanged(_) => Self::PROFILE_PICTURE_CHANGED,
             Self::ProfilePictureRemoved(_) => Self::PROFILE_PICTURE_REMOVED,
+            Self::RoleGranted(_) => Self::ROLE_GRANTED,
+            Self::RoleRevoked(_) => Self::ROLE_REVOKED,
         }
     }
 
     /// Returns the schema version this code writes for the event's type.
     pub fn schema_version(&self) -> u32 {
-        1
+        Self::current_version(self.event_type())
+    }
+
+    /// Returns the schema version this code writes for `event_type`.
+    pub fn current_version(event_type: &str) -> u32 {
+        match event_type {
+            Self::SESSION_STARTED => 2,
+            _ => 1,
+        }
     }
 
     /// Returns true when `event_type` is a type this code can read.
     pub fn is_known_type(event_type: &str) -> bool {
         Self::TYPES.contains(&event_type)
+    }
+
+    /// Returns the payload as JSON with every hash, encrypted secret and token replaced by
+    /// `"[redacted]"`, keeping the JSON types, so the result still decodes with
+    /// [`DomainEvent::from_data`].
+    pub fn redacted_data(&self) -> serde_json::Result<serde_json::Value> {
+        let mut data = self.to_data()?;
+        if let serde_json::Value::Object(fields) = &mut data {
+            for (name, value) in fields.iter_mut() {
+                if REDACTED_FIELDS.contains(&name.as_str()) {
+                    redact(value);
+                }
+            }
+        }
+        Ok(data)
     }
 
     /// Serialises the payload into the JSON stored as the record's `data`.
@@ -586,6 +691,8 @@ impl DomainEvent {
             Self::AgentDeleted(payload) => serde_json::to_value(payload),
             Self::ProfilePictureChanged(payload) => serde_json::to_value(payload),
             Self::ProfilePictureRemoved(payload) => serde_json::to_value(payload),
+            Self::RoleGranted(payload) => serde_json::to_value(payload),
+            Self::RoleRevoked(payload) => serde_json::to_value(payload),
         }
     }
 
@@ -599,16 +706,20 @@ impl DomainEvent {
         if !Self::is_known_type(event_type) {
             return Ok(None);
         }
-        if version != 1 {
+        let invalid = |source| PayloadError::Invalid {
+            event_type: event_type.to_owned(),
+            source,
+        };
+        if event_type == Self::SESSION_STARTED && version == 1 {
+            let v1: SessionStartedV1 = serde_json::from_value(data).map_err(invalid)?;
+            return Ok(Some(Self::SessionStarted(v1.into())));
+        }
+        if version != Self::current_version(event_type) {
             return Err(PayloadError::UnknownVersion {
                 event_type: event_type.to_owned(),
                 version,
             });
         }
-        let invalid = |source| PayloadError::Invalid {
-            event_type: event_type.to_owned(),
-            source,
-        };
         let event = match event_type {
             Self::ACCOUNT_REGISTERED => {
                 Self::AccountRegistered(serde_json::from_value(data).map_err(invalid)?)
@@ -698,6 +809,8 @@ impl DomainEvent {
             Self::PROFILE_PICTURE_REMOVED => {
                 Self::ProfilePictureRemoved(serde_json::from_value(data).map_err(invalid)?)
             }
+            Self::ROLE_GRANTED => Self::RoleGranted(serde_json::from_value(data).map_err(invalid)?),
+            Self::ROLE_REVOKED => Self::RoleRevoked(serde_json::from_value(data).map_err(invalid)?),
             _ => return Ok(None),
         };
         Ok(Some(event))

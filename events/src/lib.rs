@@ -26,8 +26,9 @@ pub use event::{
     SessionsRevoked, TotpDisabled, TotpEnabled, TotpEnrollmentStarted, TotpStepUsed,
 };
 pub use event::{
-    AgentCreated, AgentDeleted, ProfilePictureChanged, ProfilePictureRemoved, WorkspaceCreated,
-    WorkspaceMemberAdded, WorkspaceMemberRemoved,
+    AgentCreated, AgentDeleted, ProfilePictureChanged, ProfilePictureRemoved, RoleGranted,
+    RoleRevoked, SessionClient, SessionStartedV1, WorkspaceCreated, WorkspaceMemberAdded,
+    WorkspaceMemberRemoved,
 };
 pub use industry::INDUSTRIES;
 pub use public::{PublicProfile, PublicProfiles};

@@ -49,6 +49,8 @@ pub struct AccountState {
     /// The password-reset link that is still valid, if any.
     pub password_reset: Option<PendingReset>,
     pub picture: Option<Picture>,
+    /// Roles given by operators, such as `auditor`.
+    pub roles: BTreeSet<String>,
     pub registered_at: Option<DateTime<Utc>>,
     pub updated_at: Option<DateTime<Utc>>,
     /// The sequence number of the last event applied.
@@ -319,6 +321,12 @@ impl AccountState {
             }
             DomainEvent::ProfilePictureRemoved(_) => {
                 self.picture = None;
+            }
+            DomainEvent::RoleGranted(granted) => {
+                self.roles.insert(granted.role.clone());
+            }
+            DomainEvent::RoleRevoked(revoked) => {
+                self.roles.remove(&revoked.role);
             }
             DomainEvent::EmailClaimed(_)
             | DomainEvent::EmailReleased(_)

@@ -37,8 +37,10 @@ fn samples() -> Vec<DomainEvent> {
             session_id: id,
             token_sha256: hash.clone(),
             expires_at: time,
-            user_agent: Some("curl/8".into()),
-            ip: Some("127.0.0.1".into()),
+            client: SessionClient {
+                user_agent: Some("curl/8".into()),
+                ip: Some("127.0.0.1".into()),
+            },
             method: "password".into(),
         }),
         DomainEvent::SessionsRevoked(SessionsRevoked {
@@ -141,6 +143,12 @@ fn samples() -> Vec<DomainEvent> {
             sha256: hash,
         }),
         DomainEvent::ProfilePictureRemoved(ProfilePictureRemoved {}),
+        DomainEvent::RoleGranted(RoleGranted {
+            role: "auditor".into(),
+        }),
+        DomainEvent::RoleRevoked(RoleRevoked {
+            role: "auditor".into(),
+        }),
     ]
 }
 
@@ -148,9 +156,14 @@ fn schema_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas")
 }
 
-/// Returns the file name of the schema of `event_type`, such as `AccountRegistered.v1.json`.
+/// Returns the file name of the current schema of `event_type`, such as
+/// `AccountRegistered.v1.json`.
 fn schema_file(event_type: &str) -> String {
-    format!("{}.v1.json", event_type.trim_start_matches("accounts."))
+    format!(
+        "{}.v{}.json",
+        event_type.trim_start_matches("accounts."),
+        DomainEvent::current_version(event_type)
+    )
 }
 
 fn check_file(name: &str, schema: &schemars::Schema) {
@@ -247,6 +260,7 @@ fn envelope_schema_is_current_and_matches_records() {
                     user_agent: None,
                 },
                 request_digest: None,
+                previous_hash: Some("ab".repeat(32)),
             },
             event,
         };
@@ -276,7 +290,7 @@ fn asyncapi() -> serde_json::Value {
                             "type": "object",
                             "properties": {
                                 "type": {"const": event_type},
-                                "schemaversion": {"const": 1},
+                                "schemaversion": {"const": DomainEvent::current_version(event_type)},
                                 "data": {"$ref": format!("./schemas/{}", schema_file(event_type))}
                             }
                         }
@@ -363,5 +377,57 @@ fn asyncapi_document_is_current() {
     for reference in generated.split("\"./schemas/").skip(1) {
         let file = &reference[..reference.find('"').unwrap()];
         assert!(schema_dir().join(file).is_file(), "{file} is missing");
+    }
+}
+
+#[test]
+fn version_one_session_records_are_upcast() {
+    let v1 = serde_json::json!({
+        "session_id": "01930000-0000-7000-8000-000000000001",
+        "token_sha256": "00",
+        "expires_at": "2026-12-05T12:00:00Z",
+        "user_agent": "curl/7",
+        "ip": "10.0.0.1",
+        "method": "password"
+    });
+    let Some(DomainEvent::SessionStarted(started)) =
+        DomainEvent::from_data(DomainEvent::SESSION_STARTED, 1, v1.clone()).unwrap()
+    else {
+        panic!("version 1 did not decode");
+    };
+    assert_eq!(started.client.user_agent.as_deref(), Some("curl/7"));
+    assert_eq!(started.client.ip.as_deref(), Some("10.0.0.1"));
+    check_file(
+        "SessionStarted.v1.json",
+        &schemars::schema_for!(SessionStartedV1),
+    );
+    assert!(validator(&schemars::schema_for!(SessionStartedV1)).is_valid(&v1));
+    // Version 1 is read, never written, and version 3 does not exist yet.
+    assert_eq!(
+        DomainEvent::current_version(DomainEvent::SESSION_STARTED),
+        2
+    );
+    assert!(DomainEvent::from_data(DomainEvent::SESSION_STARTED, 3, v1).is_err());
+}
+
+#[test]
+fn redaction_keeps_types_and_hides_secrets() {
+    for event in samples() {
+        let redacted = event.redacted_data().unwrap();
+        let text = redacted.to_string();
+        assert!(!text.contains("$argon2id"), "{text}");
+        assert!(!text.contains("v1:local:"), "{text}");
+        assert!(
+            !text.contains("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08")
+                || matches!(event, DomainEvent::ProfilePictureChanged(_)),
+            "{text}"
+        );
+        let decoded =
+            DomainEvent::from_data(event.event_type(), event.schema_version(), redacted).unwrap();
+        assert!(
+            decoded.is_some(),
+            "{} no longer decodes",
+            event.event_type()
+        );
     }
 }

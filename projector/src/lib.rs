@@ -10,6 +10,7 @@
 //! - The transaction sends `NOTIFY projection_progress` with the new offsets, which the
 //!   command and query services use to respond once their reads include a write.
 
+pub mod chain;
 pub mod notifier;
 pub mod project;
 pub mod public;
@@ -279,6 +280,14 @@ async fn write_batch(
                 .with_context(|| {
                     format!(
                         "failed to project event {} at {partition}/{offset}",
+                        event.meta.event_id
+                    )
+                })?;
+            project::record_audit(&mut transaction, event, *partition, *offset)
+                .await
+                .with_context(|| {
+                    format!(
+                        "failed to record event {} at {partition}/{offset} for audit",
                         event.meta.event_id
                     )
                 })?;

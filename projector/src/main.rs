@@ -30,6 +30,14 @@ enum CliCommand {
         #[command(flatten)]
         database: DatabaseConfig,
     },
+    /// Walk the hash chains of the event log and report the first broken link.
+    VerifyChain {
+        #[command(flatten)]
+        kafka: KafkaConfig,
+        /// Check only this account's events.
+        #[arg(long)]
+        account: Option<uuid::Uuid>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -61,6 +69,26 @@ async fn main() -> anyhow::Result<()> {
         CliCommand::Migrate { database } => {
             let pool = accounts_platform::db::connect(&database).await?;
             accounts_platform::db::migrate(&pool).await
+        }
+        CliCommand::VerifyChain { kafka, account } => {
+            let report = tokio::task::spawn_blocking(move || {
+                accounts_projector::chain::verify_chain(&kafka, account)
+            })
+            .await
+            .context("the verification task failed")??;
+            match report.broken {
+                None => {
+                    println!(
+                        "intact: {} events of {} aggregates checked",
+                        report.events, report.aggregates
+                    );
+                    Ok(())
+                }
+                Some(broken) => {
+                    println!("broken link at {broken}");
+                    std::process::exit(1);
+                }
+            }
         }
         CliCommand::Serve(args) => {
             let ServeArgs {

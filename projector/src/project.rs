@@ -65,8 +65,8 @@ pub async fn apply(
             .bind(&session.token_sha256)
             .bind(meta.time)
             .bind(session.expires_at)
-            .bind(&session.user_agent)
-            .bind(&session.ip)
+            .bind(&session.client.user_agent)
+            .bind(&session.client.ip)
             .execute(&mut *connection)
             .await?;
             bump_version(connection, account_id, version).await?;
@@ -360,8 +360,73 @@ pub async fn apply(
                     .await?;
             }
         }
+        DomainEvent::RoleGranted(granted) => {
+            let account_id = account_id(&meta.subject)?;
+            sqlx::query(
+                "UPDATE accounts SET roles = array_append(array_remove(roles, $2), $2), version = $3 \
+                 WHERE account_id = $1 AND version < $3",
+            )
+            .bind(account_id)
+            .bind(&granted.role)
+            .bind(version)
+            .execute(&mut *connection)
+            .await?;
+        }
+        DomainEvent::RoleRevoked(revoked) => {
+            let account_id = account_id(&meta.subject)?;
+            sqlx::query(
+                "UPDATE accounts SET roles = array_remove(roles, $2), version = $3 \
+                 WHERE account_id = $1 AND version < $3",
+            )
+            .bind(account_id)
+            .bind(&revoked.role)
+            .bind(version)
+            .execute(&mut *connection)
+            .await?;
+        }
         DomainEvent::EmailClaimed(_) | DomainEvent::EmailReleased(_) => {}
     }
+    Ok(())
+}
+
+/// Adds an account event to the redacted audit history. Other aggregates have none.
+pub async fn record_audit(
+    transaction: &mut Transaction<'_, Postgres>,
+    recorded: &RecordedEvent,
+    partition: i32,
+    offset: i64,
+) -> sqlx::Result<()> {
+    let Ok(account_id) = Uuid::parse_str(&recorded.meta.subject) else {
+        return Ok(());
+    };
+    let meta = &recorded.meta;
+    let data = recorded
+        .event
+        .redacted_data()
+        .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+    let actor = serde_json::json!({
+        "type": meta.actor.kind,
+        "id": meta.actor.id,
+        "ip": meta.actor.ip,
+        "user_agent": meta.actor.user_agent,
+    });
+    sqlx::query(
+        "INSERT INTO audit_events (account_id, sequence, event_id, event_type, schema_version, time, \
+         actor, data, kafka_partition, kafka_offset) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT (account_id, sequence) DO NOTHING",
+    )
+    .bind(account_id)
+    .bind(i64::try_from(meta.sequence).unwrap_or(i64::MAX))
+    .bind(meta.event_id)
+    .bind(recorded.event.event_type())
+    .bind(i32::try_from(recorded.event.schema_version()).unwrap_or(i32::MAX))
+    .bind(meta.time)
+    .bind(actor)
+    .bind(data)
+    .bind(partition)
+    .bind(offset)
+    .execute(&mut **transaction)
+    .await?;
     Ok(())
 }
 

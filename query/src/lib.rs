@@ -1,6 +1,7 @@
 //! The read API for the dashboard: profiles, pictures, sessions, security settings,
 //! workspaces and reference data from the read models.
 
+mod audit;
 mod pictures;
 mod workspaces;
 
@@ -67,7 +68,9 @@ pub(crate) struct AppState {
         pictures::get_own_picture,
         pictures::get_picture,
         workspaces::list_members,
-        workspaces::list_agents
+        workspaces::list_agents,
+        audit::list_events,
+        audit::state_at
     ),
     components(schemas(
         Profile,
@@ -77,6 +80,9 @@ pub(crate) struct AppState {
         workspaces::MemberView,
         workspaces::AgentView,
         workspaces::AgentOwner,
+        audit::AuditEntry,
+        audit::AuditPage,
+        audit::AuditState,
         ProblemDetails,
         FieldError
     ))
@@ -112,6 +118,14 @@ pub async fn serve_api(
             .route(
                 "/v1/workspaces/{workspace_id}/agents",
                 get(workspaces::list_agents),
+            )
+            .route(
+                "/v1/audit/accounts/{account_id}/events",
+                get(audit::list_events),
+            )
+            .route(
+                "/v1/audit/accounts/{account_id}/state",
+                get(audit::state_at),
             )
             .with_state(state)
             .merge(health_routes(Readiness::new(pool, &config.kafka)?, openapi)),

@@ -450,6 +450,8 @@ pub struct Event {
     pub partition: i32,
     pub offset: i64,
     pub value: Value,
+    /// The record value as stored.
+    pub raw: Vec<u8>,
 }
 
 impl Event {
@@ -495,6 +497,7 @@ fn read_topic(kafka: &KafkaConfig, topic: &str, isolation: &str) -> Vec<Event> {
                 partition: message.partition(),
                 offset: message.offset(),
                 value: serde_json::from_slice(message.payload().unwrap_or_default()).unwrap(),
+                raw: message.payload().unwrap_or_default().to_vec(),
             }),
             Some(Err(KafkaError::PartitionEOF(partition))) => {
                 finished.insert(partition);

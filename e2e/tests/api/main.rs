@@ -1,6 +1,7 @@
 //! End-to-end tests against a real Kafka broker and PostgreSQL. They need the stack that
 //! `deploy/local/test` starts (KAFKA_BROKERS and TEST_DATABASE_URL).
 
+mod audit;
 mod batching;
 mod concurrency;
 mod email;
