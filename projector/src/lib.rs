@@ -14,6 +14,7 @@ pub mod chain;
 pub mod notifier;
 pub mod project;
 pub mod public;
+pub mod rebuild;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -223,7 +224,7 @@ async fn run(
 
 /// Decodes a record; unknown or undecodable events become `None` and are skipped, but
 /// their offsets still advance.
-fn decode(
+pub(crate) fn decode(
     partition: i32,
     offset: i64,
     payload: Option<&[u8]>,

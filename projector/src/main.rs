@@ -30,6 +30,17 @@ enum CliCommand {
         #[command(flatten)]
         database: DatabaseConfig,
     },
+    /// Rebuild a projection from offset 0 into fresh tables and swap them in, while the
+    /// live tables keep serving.
+    Rebuild {
+        #[command(flatten)]
+        kafka: KafkaConfig,
+        #[command(flatten)]
+        database: DatabaseConfig,
+        /// The projection to rebuild.
+        #[arg(long, default_value = "read_models")]
+        projection: String,
+    },
     /// Walk the hash chains of the event log and report the first broken link.
     VerifyChain {
         #[command(flatten)]
@@ -69,6 +80,28 @@ async fn main() -> anyhow::Result<()> {
         CliCommand::Migrate { database } => {
             let pool = accounts_platform::db::connect(&database).await?;
             accounts_platform::db::migrate(&pool).await
+        }
+        CliCommand::Rebuild {
+            kafka,
+            database,
+            projection,
+        } => {
+            let pool = accounts_platform::db::connect(&database).await?;
+            let report = accounts_projector::rebuild::rebuild(
+                &kafka,
+                &pool,
+                &projection,
+                accounts_projector::rebuild::ProgressOutput::Auto,
+            )
+            .await?;
+            println!(
+                "rebuilt {projection}: {} events in {:.1} s ({:.0} events/s), {} more caught up during the swap",
+                report.events,
+                report.elapsed.as_secs_f64(),
+                report.events_per_second(),
+                report.caught_up
+            );
+            Ok(())
         }
         CliCommand::VerifyChain { kafka, account } => {
             let report = tokio::task::spawn_blocking(move || {

@@ -12,6 +12,7 @@ mod mfa;
 mod picture;
 mod projector;
 mod public;
+mod rebuild;
 mod reset;
 mod security;
 mod slice;
