@@ -62,7 +62,7 @@ pub fn routes(state: AppState) -> Router {
 
 #[derive(Serialize, ToSchema)]
 pub struct PictureResponse {
-    /// Where the query service serves the rendition.
+    /// The path of the rendition on the query service.
     pub picture_url: Option<String>,
     pub version: u64,
     pub position: Option<String>,
@@ -95,7 +95,7 @@ pub struct Rendition {
     pub bytes: Vec<u8>,
 }
 
-/// Why an upload was rejected.
+/// The reason an upload was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum PictureError {
     #[error("the content is not a JPEG, PNG or GIF image")]

@@ -27,7 +27,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most events per transaction.
+/// Maximum events per transaction.
 const MAX_BATCH: usize = 1000;
 /// How long a batch waits for more events once it has one.
 const BATCH_WINDOW: Duration = Duration::from_millis(2);

@@ -4,10 +4,10 @@
 //! 2. The whole event log is projected into them through a connection whose `search_path`
 //!    is that schema, with the same statements the live projector runs. The live tables
 //!    keep serving and the live projector keeps writing meanwhile.
-//! 3. One transaction locks the live tables, projects the events that the live projector
-//!    wrote after the rebuild's position, and swaps the tables: the live ones move to a
-//!    schema `replaced_<time>`, which is dropped afterwards, and the rebuilt ones move to
-//!    `public`. Queries wait for that transaction instead of failing.
+//! 3. One transaction locks the live tables and projects the events that the live projector
+//!    wrote after the rebuild's position. It then moves the live tables to a schema
+//!    `replaced_<time>`, dropped afterwards, and the rebuilt ones to `public`. Queries wait
+//!    for that transaction instead of failing.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -40,11 +40,11 @@ pub const TABLES: &[&str] = &[
     "projection_offsets",
 ];
 
-/// Most events written in one transaction of the rebuild.
+/// Maximum events written in one transaction of the rebuild.
 const BATCH: usize = 5000;
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How the rebuild reports its progress.
+/// The progress output of a rebuild.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProgressOutput {
     /// A progress bar on a terminal, plain lines every few seconds otherwise.
@@ -53,7 +53,7 @@ pub enum ProgressOutput {
     Quiet,
 }
 
-/// What a rebuild did.
+/// The outcome of a rebuild.
 #[derive(Clone, Debug)]
 pub struct RebuildReport {
     /// Events projected into the new tables before the swap.

@@ -39,7 +39,7 @@ pub struct AuditEntry {
     /// The payload with hashes, encrypted secrets and tokens replaced by `[redacted]`.
     #[schema(value_type = Object)]
     pub data: serde_json::Value,
-    /// Where the event is in `accounts.events.v1`.
+    /// The event's partition in `accounts.events.v1`.
     pub partition: i32,
     pub offset: i64,
 }
