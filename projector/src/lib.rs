@@ -284,17 +284,18 @@ async fn write_batch(
                         event.meta.event_id
                     )
                 })?;
-            project::record_audit(&mut transaction, event, *partition, *offset)
-                .await
-                .with_context(|| {
-                    format!(
-                        "failed to record event {} at {partition}/{offset} for audit",
-                        event.meta.event_id
-                    )
-                })?;
         }
         next_offsets.insert(*partition, offset + 1);
     }
+    let audited: Vec<(&RecordedEvent, i32, i64)> = batch
+        .iter()
+        .filter_map(|(partition, offset, event)| {
+            event.as_ref().map(|event| (event, *partition, *offset))
+        })
+        .collect();
+    project::record_audit(&mut transaction, &audited)
+        .await
+        .context("failed to record the batch for audit")?;
     for (partition, next_offset) in &next_offsets {
         sqlx::query(
             "INSERT INTO projection_offsets (projection, topic, partition, next_offset, updated_at) \

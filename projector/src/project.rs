@@ -389,42 +389,69 @@ pub async fn apply(
     Ok(())
 }
 
-/// Adds an account event to the redacted audit history. Other aggregates have none.
+/// Adds the account events of a batch to the redacted audit history, in one statement.
+/// Events of other aggregates have no history here. Each item is an event with its
+/// partition and offset.
 pub async fn record_audit(
     transaction: &mut Transaction<'_, Postgres>,
-    recorded: &RecordedEvent,
-    partition: i32,
-    offset: i64,
+    events: &[(&RecordedEvent, i32, i64)],
 ) -> sqlx::Result<()> {
-    let Ok(account_id) = Uuid::parse_str(&recorded.meta.subject) else {
+    let mut account_ids = Vec::with_capacity(events.len());
+    let mut sequences = Vec::with_capacity(events.len());
+    let mut event_ids = Vec::with_capacity(events.len());
+    let mut types = Vec::with_capacity(events.len());
+    let mut versions = Vec::with_capacity(events.len());
+    let mut times = Vec::with_capacity(events.len());
+    let mut actors = Vec::with_capacity(events.len());
+    let mut data = Vec::with_capacity(events.len());
+    let mut partitions = Vec::with_capacity(events.len());
+    let mut offsets = Vec::with_capacity(events.len());
+    for (recorded, partition, offset) in events {
+        let Ok(account_id) = Uuid::parse_str(&recorded.meta.subject) else {
+            continue;
+        };
+        let meta = &recorded.meta;
+        account_ids.push(account_id);
+        sequences.push(i64::try_from(meta.sequence).unwrap_or(i64::MAX));
+        event_ids.push(meta.event_id);
+        types.push(recorded.event.event_type());
+        versions.push(i32::try_from(recorded.event.schema_version()).unwrap_or(i32::MAX));
+        times.push(meta.time);
+        actors.push(serde_json::json!({
+            "type": meta.actor.kind,
+            "id": meta.actor.id,
+            "ip": meta.actor.ip,
+            "user_agent": meta.actor.user_agent,
+        }));
+        data.push(
+            recorded
+                .event
+                .redacted_data()
+                .map_err(|error| sqlx::Error::Encode(Box::new(error)))?,
+        );
+        partitions.push(*partition);
+        offsets.push(*offset);
+    }
+    if account_ids.is_empty() {
         return Ok(());
-    };
-    let meta = &recorded.meta;
-    let data = recorded
-        .event
-        .redacted_data()
-        .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
-    let actor = serde_json::json!({
-        "type": meta.actor.kind,
-        "id": meta.actor.id,
-        "ip": meta.actor.ip,
-        "user_agent": meta.actor.user_agent,
-    });
+    }
     sqlx::query(
         "INSERT INTO audit_events (account_id, sequence, event_id, event_type, schema_version, time, \
-         actor, data, kafka_partition, kafka_offset) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         actor, data, kafka_partition, kafka_offset) \
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::int[], \
+         $6::timestamptz[], $7::jsonb[], $8::jsonb[], $9::int[], $10::bigint[]) \
          ON CONFLICT (account_id, sequence) DO NOTHING",
     )
-    .bind(account_id)
-    .bind(i64::try_from(meta.sequence).unwrap_or(i64::MAX))
-    .bind(meta.event_id)
-    .bind(recorded.event.event_type())
-    .bind(i32::try_from(recorded.event.schema_version()).unwrap_or(i32::MAX))
-    .bind(meta.time)
-    .bind(actor)
-    .bind(data)
-    .bind(partition)
-    .bind(offset)
+    .bind(&account_ids)
+    .bind(&sequences)
+    .bind(&event_ids)
+    .bind(&types)
+    .bind(&versions)
+    .bind(&times)
+    .bind(&actors)
+    .bind(&data)
+    .bind(&partitions)
+    .bind(&offsets)
     .execute(&mut **transaction)
     .await?;
     Ok(())

@@ -42,6 +42,8 @@ pub const TABLES: &[&str] = &[
 
 /// Maximum events written in one transaction of the rebuild.
 const BATCH: usize = 5000;
+/// Connections that write the rebuilt tables at once.
+const WRITERS: usize = 4;
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The progress output of a rebuild.
@@ -165,6 +167,9 @@ fn consumer_at(
 }
 
 /// Projects the whole log into the tables of `schema`. Returns the number of events.
+///
+/// Partitions are spread over [`WRITERS`] connections, each writing its partitions in log
+/// order; aggregates never span partitions, so their writes do not depend on each other.
 async fn project_all(
     kafka: &KafkaConfig,
     pool: &PgPool,
@@ -172,14 +177,6 @@ async fn project_all(
     output: ProgressOutput,
     started: Instant,
 ) -> anyhow::Result<u64> {
-    let options = (*pool.connect_options())
-        .clone()
-        .options([("search_path", schema)]);
-    let target = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await
-        .context("failed to connect for the rebuild")?;
     let topic = kafka.topics().events;
     let offsets: HashMap<i32, Offset> = (0..kafka.partitions)
         .map(|partition| (partition, Offset::Beginning))
@@ -194,49 +191,87 @@ async fn project_all(
     }
     let progress = Progress::new(output, total);
 
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("search_path", schema)]);
+    let mut senders = Vec::with_capacity(WRITERS);
+    let mut writers = Vec::with_capacity(WRITERS);
+    for _ in 0..WRITERS {
+        let target = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .context("failed to connect for the rebuild")?;
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<Batch>(2);
+        let topic = topic.clone();
+        writers.push(tokio::spawn(async move {
+            while let Some(batch) = receiver.recv().await {
+                let mut transaction = target.begin().await?;
+                write(&mut transaction, &topic, &batch).await?;
+                transaction.commit().await?;
+            }
+            target.close().await;
+            anyhow::Ok(())
+        }));
+        senders.push(sender);
+    }
+
+    let writer_of = |partition: i32| usize::try_from(partition).unwrap_or(0) % WRITERS;
+    let mut pending: Vec<Batch> = (0..WRITERS).map(|_| Vec::with_capacity(BATCH)).collect();
     let mut ended: HashMap<i32, bool> = (0..kafka.partitions).map(|p| (p, false)).collect();
     let mut projected = 0_u64;
-    while ended.values().any(|ended| !ended) {
-        let mut batch = Vec::with_capacity(BATCH);
-        while batch.len() < BATCH {
-            let wait = if batch.is_empty() {
-                Duration::from_secs(5)
-            } else {
-                Duration::from_millis(20)
-            };
-            match tokio::time::timeout(wait, consumer.recv()).await {
-                Err(_) => break,
-                Ok(Err(KafkaError::PartitionEOF(partition))) => {
-                    ended.insert(partition, true);
-                    if ended.values().all(|ended| *ended) {
-                        break;
-                    }
-                }
-                Ok(Err(error)) => return Err(anyhow!(error).context("failed to read events")),
-                Ok(Ok(message)) => {
-                    ended.insert(message.partition(), false);
-                    batch.push(crate::decode(
-                        message.partition(),
-                        message.offset(),
-                        message.payload(),
-                        &mut 0,
-                    ));
-                }
+    let mut failure = None;
+    while failure.is_none() && ended.values().any(|ended| !ended) {
+        let message = match tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
+            Err(_) => continue,
+            Ok(Err(KafkaError::PartitionEOF(partition))) => {
+                ended.insert(partition, true);
+                continue;
+            }
+            Ok(Err(error)) => {
+                failure = Some(anyhow!(error).context("failed to read events"));
+                continue;
+            }
+            Ok(Ok(message)) => message,
+        };
+        let partition = message.partition();
+        ended.insert(partition, false);
+        let writer = writer_of(partition);
+        pending[writer].push(crate::decode(
+            partition,
+            message.offset(),
+            message.payload(),
+            &mut 0,
+        ));
+        if pending[writer].len() >= BATCH {
+            let batch = std::mem::replace(&mut pending[writer], Vec::with_capacity(BATCH));
+            projected += batch.len() as u64;
+            progress.advance(batch.len() as u64, started);
+            if senders[writer].send(batch).await.is_err() {
+                failure = Some(anyhow!("a rebuild writer stopped"));
             }
         }
-        if batch.is_empty() {
-            continue;
+    }
+    for (writer, batch) in pending.into_iter().enumerate() {
+        if !batch.is_empty() && failure.is_none() {
+            projected += batch.len() as u64;
+            if senders[writer].send(batch).await.is_err() {
+                failure = Some(anyhow!("a rebuild writer stopped"));
+            }
         }
-        let mut transaction = target.begin().await?;
-        write(&mut transaction, &topic, &batch).await?;
-        transaction.commit().await?;
-        projected += batch.len() as u64;
-        progress.advance(batch.len() as u64, started);
+    }
+    drop(senders);
+    for writer in writers {
+        writer.await.context("a rebuild writer panicked")??;
+    }
+    if let Some(failure) = failure {
+        return Err(failure);
     }
     progress.finish(projected, started);
-    target.close().await;
     Ok(projected)
 }
+
+type Batch = Vec<(i32, i64, Option<RecordedEvent>)>;
 
 /// Applies a batch and stores the offsets after it, in the tables of the transaction's
 /// `search_path`.
@@ -251,12 +286,18 @@ async fn write(
             project::apply(transaction, event)
                 .await
                 .with_context(|| format!("failed to project event at {partition}/{offset}"))?;
-            project::record_audit(transaction, event, *partition, *offset)
-                .await
-                .with_context(|| format!("failed to record event at {partition}/{offset}"))?;
         }
         next_offsets.insert(*partition, offset + 1);
     }
+    let audited: Vec<(&RecordedEvent, i32, i64)> = batch
+        .iter()
+        .filter_map(|(partition, offset, event)| {
+            event.as_ref().map(|event| (event, *partition, *offset))
+        })
+        .collect();
+    project::record_audit(transaction, &audited)
+        .await
+        .context("failed to record the batch for audit")?;
     for (partition, next_offset) in next_offsets {
         sqlx::query(
             "INSERT INTO projection_offsets (projection, topic, partition, next_offset, updated_at) \
