@@ -59,6 +59,10 @@ pub enum Rejection {
     EmailUnchanged,
     #[error("no email change is pending")]
     NoPendingEmailChange,
+    #[error("the address is already verified")]
+    EmailAlreadyVerified,
+    #[error("only the agent's owner or the workspace owner may delete the agent")]
+    NotAgentOwner,
     #[error("the workspace does not exist")]
     WorkspaceNotFound,
     #[error("a workspace with this id exists")]
@@ -172,6 +176,23 @@ pub fn decide(
                 token_sha256,
             },
         ) => confirm_email(account, *account_id, token_sha256, now),
+        (Target::Account(account), Command::RequestEmailVerification { token, .. }) => {
+            require_version(account, expected_version)?;
+            if account.email_verified {
+                return Err(Rejection::EmailAlreadyVerified);
+            }
+            Ok(Decision::accepted(vec![(
+                EventTarget::Account,
+                DomainEvent::EmailVerificationRequested(EmailVerificationRequested {
+                    email: account.email.clone(),
+                    email_normalized: account.email_normalized.clone(),
+                    purpose: PURPOSE_REGISTRATION.to_owned(),
+                    token_sha256: token.token_sha256.clone(),
+                    token_ciphertext: token.token_ciphertext.clone(),
+                    expires_at: token.expires_at,
+                }),
+            )]))
+        }
         (Target::Account(account), Command::CancelEmailChange { .. }) => {
             require_version(account, expected_version)?;
             let pending = account
@@ -476,7 +497,7 @@ fn decide_workspace(
                 .get(agent_id)
                 .ok_or(Rejection::AgentNotFound)?;
             if agent.owner_id != *actor_id && !is_owner(actor_id) {
-                return Err(Rejection::NotWorkspaceOwner);
+                return Err(Rejection::NotAgentOwner);
             }
             Ok(vec![DomainEvent::AgentDeleted(AgentDeleted {
                 agent_id: *agent_id,
@@ -1065,6 +1086,7 @@ pub fn account_of(command: &Command) -> Uuid {
         | Command::RequestEmailChange { account_id, .. }
         | Command::ConfirmEmail { account_id, .. }
         | Command::CancelEmailChange { account_id }
+        | Command::RequestEmailVerification { account_id, .. }
         | Command::ClaimEmail { account_id, .. }
         | Command::CompleteEmailChange { account_id, .. }
         | Command::AbortEmailChange { account_id, .. }

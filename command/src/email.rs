@@ -32,7 +32,12 @@ use crate::wire::Command;
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(request_email_change, confirm_email, cancel_email_change),
+    paths(
+        request_email_change,
+        confirm_email,
+        cancel_email_change,
+        request_verification
+    ),
     components(schemas(EmailChangeRequest, ConfirmEmailRequest))
 )]
 pub struct EmailApi;
@@ -45,6 +50,7 @@ pub fn routes(state: AppState) -> Router {
             post(request_email_change).delete(cancel_email_change),
         )
         .route("/v1/email-change/confirm", post(confirm_email))
+        .route("/v1/email-verification", post(request_verification))
         .route("/v1/email-verification/confirm", post(confirm_email))
         .with_state(state)
 }
@@ -207,6 +213,43 @@ pub async fn confirm_email(
         (accepted_status(&executed, StatusCode::OK), Json(body)).into_response(),
         executed.version,
     ))
+}
+
+/// Mails a new link that verifies the account's current address, voiding older links
+/// (also the link of a pending email change).
+#[utoipa::path(post, path = "/v1/email-verification", tag = "email", responses(
+    (status = 202, body = CommandResponse, description = "the link is on its way"),
+    (status = 401, body = ProblemDetails), (status = 409, body = ProblemDetails, description = "email_already_verified"),
+    (status = 429, body = ProblemDetails),
+), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(account_id = tracing::field::Empty))]
+pub async fn request_verification(
+    State(state): State<AppState>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let caller = state.auth.authenticate(&headers).await?;
+    let account_id = caller.account_id;
+    tracing::Span::current().record("account_id", tracing::field::display(account_id));
+    state
+        .reset_limits
+        .check(address.ip(), &format!("verification:{account_id}"))?;
+    let secrets = mail_links(&state)?;
+    let token = crate::links::issue(secrets, account_id, Utc::now() + state.email_link_ttl)
+        .map_err(|error| internal_error(&error))?;
+    let executed = state
+        .execute_for_account(
+            account_id,
+            Command::RequestEmailVerification { account_id, token },
+            address,
+            &headers,
+        )
+        .await?;
+    let body = CommandResponse {
+        version: executed.version,
+        position: executed.position.clone(),
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 /// Cancels a pending email change; its link stops working.

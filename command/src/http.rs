@@ -457,6 +457,16 @@ pub(crate) fn rejection_problem(rejection: &Rejection, command_id: Uuid) -> Prob
             code: "email_unchanged".into(),
             message: "this is already the account's address; enter another one".into(),
         }]),
+        Rejection::EmailAlreadyVerified => Problem::new(
+            StatusCode::CONFLICT,
+            "email_already_verified",
+            "the address is already verified",
+        ),
+        Rejection::NotAgentOwner => Problem::new(
+            StatusCode::FORBIDDEN,
+            "not_agent_owner",
+            "only the agent's owner or the owner of the workspace may delete it",
+        ),
         Rejection::NoPendingEmailChange => Problem::new(
             StatusCode::NOT_FOUND,
             "no_pending_email_change",

@@ -102,6 +102,8 @@ pub enum PictureError {
     UnsupportedType,
     #[error("the image is {width}x{height} pixels")]
     TooLarge { width: u32, height: u32 },
+    #[error("the image declares dimensions the decoder refuses to allocate")]
+    DimensionsBeyondLimits,
     #[error("the image cannot be read: {0}")]
     Invalid(String),
 }
@@ -110,11 +112,22 @@ pub enum PictureError {
 /// The dimensions are checked from the header before any pixel is decoded.
 pub fn render(bytes: &[u8]) -> Result<Rendition, PictureError> {
     let format = detect_format(bytes).ok_or(PictureError::UnsupportedType)?;
+    // A decoder that refuses the header's dimensions as too large reports a limit error.
     let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
         .into_dimensions()
-        .map_err(|error| PictureError::Invalid(error.to_string()))?;
+        .map_err(|error| match error {
+            image::ImageError::Limits(_) => PictureError::DimensionsBeyondLimits,
+            error => PictureError::Invalid(error.to_string()),
+        })?;
     if width > MAX_SIDE || height > MAX_SIDE || u64::from(width) * u64::from(height) > MAX_PIXELS {
         return Err(PictureError::TooLarge { width, height });
+    }
+    // The JPEG decoder fills missing data with grey instead of failing, so a truncated file
+    // is caught by its missing end-of-image marker.
+    if format == ImageFormat::Jpeg && !ends_with_jpeg_end_marker(bytes) {
+        return Err(PictureError::Invalid(
+            "the JPEG data ends before its end-of-image marker".to_owned(),
+        ));
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::default();
@@ -141,6 +154,16 @@ pub fn render(bytes: &[u8]) -> Result<Rendition, PictureError> {
         height,
         bytes: encoded.into_inner(),
     })
+}
+
+/// Returns true when the last bytes, trailing zero padding aside, are the JPEG end-of-image
+/// marker `FF D9`.
+fn ends_with_jpeg_end_marker(bytes: &[u8]) -> bool {
+    let end = bytes
+        .iter()
+        .rposition(|byte| *byte != 0)
+        .map_or(0, |index| index + 1);
+    bytes[..end].ends_with(&[0xFF, 0xD9])
 }
 
 fn decode_slots() -> &'static Semaphore {
@@ -176,6 +199,16 @@ fn rejection(error: &PictureError) -> Problem {
                 ),
             },
         ]),
+        PictureError::DimensionsBeyondLimits => Problem::validation(vec![
+            accounts_platform::FieldError {
+                field: "picture".into(),
+                code: "picture_dimensions_too_large".into(),
+                message: format!(
+                    "the image declares enormous dimensions; upload one of at most {MAX_SIDE} pixels a side and {} megapixels",
+                    MAX_PIXELS / 1_000_000
+                ),
+            },
+        ]),
         PictureError::Invalid(_) => Problem::validation(vec![accounts_platform::FieldError {
             field: "picture".into(),
             code: "invalid_picture".into(),
@@ -207,6 +240,22 @@ pub async fn put_picture(
     tracing::Span::current().record("account_id", tracing::field::display(account_id));
     let expected = expected_version(&headers)?;
     let key = idempotency_key(&headers)?;
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            value
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/")
+        });
+    if form {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_picture_type",
+            "send the image file itself as the request body, not as a form upload",
+        ));
+    }
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
@@ -344,6 +393,27 @@ mod tests {
             let served = image::load_from_memory(&rendition.bytes).unwrap();
             assert_eq!((served.width(), served.height()), (200, 200));
         }
+    }
+
+    #[test]
+    fn truncated_jpeg_is_invalid() {
+        let mut jpeg = encoded(ImageFormat::Jpeg, 640, 480);
+        jpeg.truncate(jpeg.len() / 2);
+        assert!(matches!(render(&jpeg), Err(PictureError::Invalid(_))));
+    }
+
+    #[test]
+    fn huge_declared_dimensions_are_named() {
+        let mut png = oversized_png_header();
+        // Width and height fields of the header chunk, then its checksum.
+        png[16..20].copy_from_slice(&i32::MAX.to_be_bytes());
+        png[20..24].copy_from_slice(&i32::MAX.to_be_bytes());
+        let checksum = crc32fast::hash(&png[12..29]);
+        png[29..33].copy_from_slice(&checksum.to_be_bytes());
+        assert!(matches!(
+            render(&png),
+            Err(PictureError::TooLarge { .. } | PictureError::DimensionsBeyondLimits)
+        ));
     }
 
     #[test]

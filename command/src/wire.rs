@@ -157,6 +157,11 @@ pub enum Command {
     CancelEmailChange {
         account_id: Uuid,
     },
+    /// Mails a new link that verifies the account's current address.
+    RequestEmailVerification {
+        account_id: Uuid,
+        token: MailToken,
+    },
     /// Saga step sent to the claim of a confirmed new address: claims it for the account.
     ClaimEmail {
         account_id: Uuid,
@@ -360,6 +365,9 @@ impl Command {
                 serde_json::json!(["confirm_email", token_sha256])
             }
             Self::CancelEmailChange { .. } => serde_json::json!(["cancel_email_change"]),
+            Self::RequestEmailVerification { .. } => {
+                serde_json::json!(["request_email_verification"])
+            }
             Self::ClaimEmail {
                 email_normalized, ..
             } => serde_json::json!(["claim_email", email_normalized]),
@@ -424,6 +432,7 @@ impl Command {
             Self::RequestEmailChange { .. } => "request_email_change",
             Self::ConfirmEmail { .. } => "confirm_email",
             Self::CancelEmailChange { .. } => "cancel_email_change",
+            Self::RequestEmailVerification { .. } => "request_email_verification",
             Self::ClaimEmail { .. } => "claim_email",
             Self::CompleteEmailChange { .. } => "complete_email_change",
             Self::AbortEmailChange { .. } => "abort_email_change",

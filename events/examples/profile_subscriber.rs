@@ -3,41 +3,48 @@
 //!
 //! ```sh
 //! cargo run -p accounts-events --features kafka --example profile_subscriber -- \
-//!     [--brokers 127.0.0.1:9092] [--topic profiles.public.v1] [--partitions 12] [--snapshot FILE]
+//!     [--brokers 127.0.0.1:9092] [--topic profiles.public.v1] [--snapshot FILE]
 //! ```
-//!
-//! With `--snapshot FILE` it also writes the whole copy as JSON to FILE after each change.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use accounts_events::subscriber::ProfileSubscriber;
+use clap::Parser;
 
-fn argument(name: &str, default: &str) -> String {
-    let arguments: Vec<String> = std::env::args().collect();
-    arguments
-        .iter()
-        .position(|argument| argument == name)
-        .and_then(|index| arguments.get(index + 1))
-        .cloned()
-        .unwrap_or_else(|| default.to_owned())
+/// Follows profiles.public.v1 from its first record and prints each changed profile as a
+/// JSON line.
+#[derive(Parser)]
+#[command(name = "profile_subscriber")]
+struct Args {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// The topic, with the stack's TOPIC_PREFIX in front when it has one.
+    #[arg(long, default_value = "profiles.public.v1")]
+    topic: String,
+    /// Also write the whole copy as JSON to this file after each change.
+    #[arg(long)]
+    snapshot: Option<PathBuf>,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let brokers = argument("--brokers", "127.0.0.1:9092");
-    let topic = argument("--topic", "profiles.public.v1");
-    let partitions: i32 = argument("--partitions", "12").parse()?;
-    let snapshot = argument("--snapshot", "");
-    let mut subscriber = ProfileSubscriber::new(&brokers, &topic, partitions)?;
-    eprintln!("following {topic} on {brokers}; stop with Ctrl-C");
+    let args = Args::parse();
+    let mut subscriber = ProfileSubscriber::new(&args.brokers, &args.topic)
+        .map_err(|error| format!("cannot follow {} on {}: {error}", args.topic, args.brokers))?;
+    eprintln!(
+        "following {} on {}; stop with Ctrl-C",
+        args.topic, args.brokers
+    );
     loop {
         let changed = subscriber.poll(Duration::from_millis(500))?;
         for profile in &changed {
             println!("{}", serde_json::to_string(profile)?);
         }
-        if !changed.is_empty() && !snapshot.is_empty() {
+        if let (false, Some(path)) = (changed.is_empty(), &args.snapshot) {
             let mut all: Vec<_> = subscriber.profiles().iter().collect();
             all.sort_by_key(|profile| profile.account_id);
-            std::fs::write(&snapshot, serde_json::to_vec_pretty(&all)?)?;
+            std::fs::write(path, serde_json::to_vec_pretty(&all)?)?;
         }
     }
 }

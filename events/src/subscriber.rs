@@ -21,15 +21,26 @@ impl ProfileSubscriber {
     /// Connects to `brokers` and assigns every partition of `topic` from the start. A new
     /// subscriber rebuilds its copy from the compacted topic; a long-running one would store
     /// its copy and the offsets together and resume from them.
-    pub fn new(brokers: &str, topic: &str, partitions: i32) -> Result<Self, KafkaError> {
+    pub fn new(brokers: &str, topic: &str) -> Result<Self, KafkaError> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("group.id", "profile-subscriber")
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             .create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|found| found.name() == topic)
+            .map_or(0, |found| found.partitions().len());
+        if partitions == 0 {
+            return Err(KafkaError::MetadataFetch(
+                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+            ));
+        }
         let mut assignment = TopicPartitionList::new();
-        for partition in 0..partitions {
+        for partition in 0..i32::try_from(partitions).unwrap_or(i32::MAX) {
             assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
         }
         consumer.assign(&assignment)?;

@@ -74,18 +74,20 @@ pub async fn spawn_projector(
     pool: PgPool,
     control: Arc<ProjectorControl>,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
-    let consumer = assign_from_stored_offsets(&kafka, &pool, READ_MODELS).await?;
+    let consumer =
+        assign_from_stored_offsets(&kafka, &pool, READ_MODELS, Offset::Beginning).await?;
     Ok(tokio::spawn(async move {
         run(consumer, pool, kafka, control).await
     }))
 }
 
 /// Creates a consumer assigned to every partition of the event topic at the offsets stored
-/// in PostgreSQL for `projection`, or at the beginning for partitions without one.
+/// in PostgreSQL for `projection`, or at `unstored` for partitions without one.
 pub(crate) async fn assign_from_stored_offsets(
     kafka: &KafkaConfig,
     pool: &PgPool,
     projection: &str,
+    unstored: Offset,
 ) -> anyhow::Result<StreamConsumer> {
     let topic = kafka.topics().events;
     let consumer: StreamConsumer = client_config(kafka)
@@ -113,11 +115,16 @@ pub(crate) async fn assign_from_stored_offsets(
     .into_iter()
     .collect();
 
+    let stored = if stored.is_empty() && unstored == Offset::End {
+        start_at_end(&consumer, pool, projection, &topic, kafka.partitions).await?
+    } else {
+        stored
+    };
     let mut assignment = TopicPartitionList::new();
     for partition in 0..kafka.partitions {
         let offset = stored
             .get(&partition)
-            .map_or(Offset::Beginning, |next| Offset::Offset(*next));
+            .map_or(unstored, |next| Offset::Offset(*next));
         assignment.add_partition_offset(&topic, partition, offset)?;
     }
     consumer
@@ -130,6 +137,44 @@ pub(crate) async fn assign_from_stored_offsets(
         "assigned from stored offsets"
     );
     Ok(consumer)
+}
+
+/// Stores the current end of every partition as the progress of `projection`, so that a
+/// restart resumes from there rather than from wherever the log ends by then.
+async fn start_at_end(
+    consumer: &StreamConsumer,
+    pool: &PgPool,
+    projection: &str,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<HashMap<i32, i64>> {
+    let mut ends = HashMap::new();
+    for partition in 0..partitions {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(30))
+            .context("failed to read the end of the event log")?;
+        ends.insert(partition, high);
+    }
+    let mut transaction = pool.begin().await?;
+    for (partition, next_offset) in &ends {
+        sqlx::query(
+            "INSERT INTO projection_offsets (projection, topic, partition, next_offset, updated_at) \
+             VALUES ($1, $2, $3, $4, now()) ON CONFLICT (projection, topic, partition) DO NOTHING",
+        )
+        .bind(projection)
+        .bind(topic)
+        .bind(partition)
+        .bind(next_offset)
+        .execute(&mut *transaction)
+        .await
+        .context("failed to store the starting point")?;
+    }
+    transaction.commit().await?;
+    tracing::info!(
+        projection,
+        "no stored progress; starting at the end of the event log"
+    );
+    Ok(ends)
 }
 
 /// Records the Kafka cluster the read models are projected from, and fails when the

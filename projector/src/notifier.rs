@@ -5,7 +5,9 @@
 //! the projection name `notifier`. Before a mail goes to the SMTP server, one transaction
 //! stores a `mail_deliveries` row for the event and the offset after it. An event with a
 //! row is never mailed again, so a crash between that commit and the SMTP exchange loses
-//! the mail instead of sending it twice. Links whose token has expired are not mailed.
+//! the mail instead of sending it twice. Links whose token has expired are not mailed, and
+//! a notifier without stored progress starts at the end of the log, so a recreated
+//! database does not mail the history again.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -89,7 +91,10 @@ pub async fn spawn_notifier(
         .from
         .parse()
         .with_context(|| format!("MAIL_FROM {:?} is not a valid mailbox", config.from))?;
-    let consumer = crate::assign_from_stored_offsets(&kafka, &pool, NOTIFIER).await?;
+    // Without stored progress (a new or recreated database) the notifier starts at the end
+    // of the log: mail is about what happens now, and old links would be mailed again.
+    let consumer =
+        crate::assign_from_stored_offsets(&kafka, &pool, NOTIFIER, rdkafka::Offset::End).await?;
     let mailer = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.smtp_host)
         .port(config.smtp_port)
         .timeout(Some(Duration::from_secs(10)))

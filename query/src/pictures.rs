@@ -38,6 +38,28 @@ fn picture_response(content_type: &str, bytes: Vec<u8>, sha256: &str, immutable:
     response
 }
 
+/// Returns true when `If-None-Match` names the picture's entity tag.
+fn not_modified(headers: &HeaderMap, sha256: &str) -> bool {
+    let tag = format!("\"{sha256}\"");
+    headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            value.split(',').any(|candidate| {
+                let candidate = candidate.trim();
+                candidate == "*" || candidate.trim_start_matches("W/") == tag
+            })
+        })
+}
+
+fn unchanged(sha256: &str) -> Response {
+    let mut response = StatusCode::NOT_MODIFIED.into_response();
+    if let Ok(value) = HeaderValue::from_str(&format!("\"{sha256}\"")) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}
+
 fn no_picture() -> Problem {
     Problem::new(
         StatusCode::NOT_FOUND,
@@ -71,6 +93,9 @@ pub(crate) async fn get_own_picture(
         internal_error(&anyhow::Error::new(error).context("failed to load the picture"))
     })?;
     let (sha256, content_type, bytes) = row.ok_or_else(no_picture)?;
+    if not_modified(&headers, &sha256) {
+        return Ok(unchanged(&sha256));
+    }
     Ok(picture_response(&content_type, bytes, &sha256, false))
 }
 
@@ -78,11 +103,13 @@ pub(crate) async fn get_own_picture(
 /// because the address names the content.
 #[utoipa::path(get, path = "/v1/pictures/{sha256}", tag = "profile", params(("sha256" = String, Path)), responses(
     (status = 200, description = "the image, cacheable forever", content_type = "image/*"),
+    (status = 304, description = "If-None-Match names this picture"),
     (status = 400, body = ProblemDetails), (status = 404, body = ProblemDetails, description = "picture_not_found"),
 ))]
 pub(crate) async fn get_picture(
     State(state): State<AppState>,
     Path(sha256): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, Problem> {
     if sha256.len() != 64 || !sha256.bytes().all(|byte| byte.is_ascii_hexdigit()) {
         return Err(Problem::malformed(
@@ -91,6 +118,9 @@ pub(crate) async fn get_picture(
         ));
     }
     let sha256 = sha256.to_ascii_lowercase();
+    if not_modified(&headers, &sha256) {
+        return Ok(unchanged(&sha256));
+    }
     let row: Option<(String, Vec<u8>)> =
         sqlx::query_as("SELECT content_type, bytes FROM pictures WHERE sha256 = $1")
             .bind(&sha256)

@@ -250,6 +250,7 @@ async fn bad_email_change_input_names_the_field() {
         )
         .await;
     assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(unauthenticated.headers()["www-authenticate"], "Bearer");
     assert_eq!(app.committed_events().len(), events_before);
 }
 
@@ -285,4 +286,29 @@ async fn email_change_needs_a_recent_check() {
         request_change(&app, &user, &target).await.status(),
         StatusCode::ACCEPTED
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verification_link_can_be_resent() {
+    let app = spawn_app(1).await;
+    let user = app.new_user().await;
+    let first = link_token(&wait_for_mails(&user.email, 1).await[0], "verify-email");
+
+    let resent = app
+        .post("/v1/email-verification", Some(&user.token), &json!({}))
+        .await;
+    assert_eq!(resent.status(), StatusCode::ACCEPTED);
+    let second = link_token(&wait_for_mails(&user.email, 2).await[1], "verify-email");
+    assert_ne!(first, second);
+
+    let stale = confirm(&app, &first).await;
+    assert_eq!(stale.status(), StatusCode::GONE);
+    assert_eq!(confirm(&app, &second).await.status(), StatusCode::OK);
+    assert_eq!(app.profile_json(&user).await["email_verified"], true);
+
+    let again = app
+        .post("/v1/email-verification", Some(&user.token), &json!({}))
+        .await;
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    assert_eq!(code_of(again).await, "email_already_verified");
 }

@@ -105,8 +105,17 @@ async fn pictures_are_served_with_the_detected_type() {
             assert_eq!(response.status(), StatusCode::OK);
             assert_eq!(response.headers()["content-type"], mime);
             assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+            let etag = response.headers()["etag"].clone();
             let bytes = response.bytes().await.unwrap();
             assert_eq!(image::guess_format(&bytes).unwrap(), format);
+            let cached = app
+                .http
+                .get(format!("{}{picture_url}", app.query_url))
+                .header("If-None-Match", etag)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
             let served = image::load_from_memory(&bytes).unwrap();
             assert_eq!((served.width(), served.height()), (200, 200));
         }

@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{read_all_records, spawn_app, TestApp, User, PARTITIONS};
+use crate::helpers::{read_all_records, spawn_app, TestApp, User};
 
 /// A small deterministic generator, so a failing run can be repeated.
 struct Steps(u64);
@@ -130,7 +130,7 @@ async fn subscriber_from_nothing_matches_the_query_service() {
         );
     }
     let topic = app.kafka.topics().public_profiles;
-    let mut subscriber = ProfileSubscriber::new(&app.kafka.brokers, &topic, PARTITIONS).unwrap();
+    let mut subscriber = ProfileSubscriber::new(&app.kafka.brokers, &topic).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         subscriber.poll(Duration::from_millis(200)).unwrap();

@@ -185,6 +185,10 @@ async fn workspace_rules_are_enforced() {
         .await
         .unwrap();
     assert_eq!(by_member.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        by_member.json::<Value>().await.unwrap()["code"],
+        "not_agent_owner"
+    );
     let by_owner = app
         .http
         .delete(format!("{}/v1/agents/{agent}", app.command_url))
