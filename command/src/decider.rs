@@ -94,7 +94,7 @@ pub struct Decision {
 pub enum Answer {
     #[default]
     Accepted,
-    /// The events are appended, and the request is told why its goal was not reached.
+    /// The events are appended, and the reply gives the reason the goal was not reached.
     Rejected(Rejection),
     /// A later step of the saga replies.
     Later,
@@ -533,7 +533,7 @@ fn confirm_email(
         )]));
     }
     if pending.email_normalized == account.email_normalized {
-        // Only the spelling changes; the account already holds the claim.
+        // Only the spelling changes, and the claim is already the account's.
         return Ok(Decision::accepted(vec![(
             EventTarget::Account,
             DomainEvent::EmailChanged(EmailChanged {
@@ -568,7 +568,7 @@ fn complete(account_id: Uuid, email: &str, email_normalized: &str) -> Command {
     }
 }
 
-/// Decides the commands that append events and answer at once.
+/// Decides the commands that append events and reply at once.
 fn decide_events(
     target: Target<'_>,
     command: &Command,
@@ -1111,7 +1111,7 @@ mod tests {
     use accounts_events::{Actor, ActorKind, EventMeta, RecordedEvent};
     use chrono::TimeZone;
 
-    /// The events of `super::decide`, for the rules that answer at once.
+    /// Returns the events of `super::decide`, for the rules that reply at once.
     fn decide(
         target: Target<'_>,
         command: &Command,

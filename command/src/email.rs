@@ -111,7 +111,7 @@ pub async fn request_email_change(
     require_recent_check(&state, caller).await?;
     let secrets = mail_links(&state)?;
 
-    // The claim decides at confirmation; this early answer spares a mail that cannot work.
+    // The claim decides at confirmation, and this early check spares a mail that cannot work.
     let holder: Option<Uuid> = sqlx::query_scalar(
         "SELECT account_id FROM accounts WHERE email_normalized = $1 AND account_id <> $2 LIMIT 1",
     )

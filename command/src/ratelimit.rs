@@ -35,7 +35,7 @@ pub struct RateLimitConfig {
 pub struct AttemptLimits {
     per_ip: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     per_account: Arc<DefaultKeyedRateLimiter<String>>,
-    /// What is counted, for the error message, such as `sign-in attempts`.
+    /// The kind of attempt counted, for the error message, such as `sign-in attempts`.
     attempts: &'static str,
 }
 

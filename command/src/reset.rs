@@ -62,7 +62,7 @@ pub struct ConfirmPasswordResetRequest {
     pub confirm_password: SecretString,
 }
 
-/// Mails a reset link if an account has this address. The answer is the same either way.
+/// Mails a reset link if an account has this address. The response is the same either way.
 #[utoipa::path(post, path = "/v1/password-reset", tag = "security", request_body = PasswordResetRequest, responses(
     (status = 202, description = "if an account has this address, a link is on its way"),
     (status = 400, body = ProblemDetails), (status = 422, body = ProblemDetails, description = "invalid_email"),

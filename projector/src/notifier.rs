@@ -73,7 +73,7 @@ struct Mail {
     html: String,
 }
 
-/// What an event leads to.
+/// The mail an event calls for.
 enum Planned {
     Send(Mail),
     /// A mail that is not sent, with the reason stored in its row.
