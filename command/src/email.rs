@@ -205,14 +205,7 @@ pub async fn confirm_email(
             ),
             _ => problem,
         })?;
-    let body = CommandResponse {
-        version: executed.version,
-        position: executed.position.clone(),
-    };
-    Ok(with_etag(
-        (accepted_status(&executed, StatusCode::OK), Json(body)).into_response(),
-        executed.version,
-    ))
+    Ok(crate::http::command_reply(&executed, StatusCode::OK))
 }
 
 /// Mails a new link that verifies the account's current address, voiding older links
@@ -254,8 +247,8 @@ pub async fn request_verification(
 
 /// Cancels a pending email change; its link stops working.
 #[utoipa::path(delete, path = "/v1/email-change", tag = "email", responses(
-    (status = 204, description = "the pending change is cancelled"), (status = 401, body = ProblemDetails),
-    (status = 404, body = ProblemDetails, description = "no_pending_email_change"),
+    (status = 204, description = "no change is pending any more; also when none was"),
+    (status = 401, body = ProblemDetails),
 ), security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(account_id = tracing::field::Empty))]
 pub async fn cancel_email_change(

@@ -467,11 +467,6 @@ pub(crate) fn rejection_problem(rejection: &Rejection, command_id: Uuid) -> Prob
             "not_agent_owner",
             "only the agent's owner or the owner of the workspace may delete it",
         ),
-        Rejection::NoPendingEmailChange => Problem::new(
-            StatusCode::NOT_FOUND,
-            "no_pending_email_change",
-            "no email change waits for confirmation",
-        ),
         Rejection::WorkspaceNotFound => Problem::new(StatusCode::NOT_FOUND, "workspace_not_found", "no workspace has this id"),
         Rejection::WorkspaceExists => Problem::new(
             StatusCode::CONFLICT,
@@ -532,6 +527,19 @@ pub struct CommandResponse {
     pub version: u64,
     /// Pass as `X-Min-Position` to a query to read at least this state.
     pub position: Option<String>,
+}
+
+/// Returns the `{version, position}` body of a command with `ETag`, and `status` once the
+/// read models show the command (202 before).
+pub(crate) fn command_reply(executed: &Executed, status: StatusCode) -> Response {
+    let body = CommandResponse {
+        version: executed.version,
+        position: executed.position.clone(),
+    };
+    with_etag(
+        (accepted_status(executed, status), Json(body)).into_response(),
+        executed.version,
+    )
 }
 
 pub(crate) fn with_etag(mut response: Response, version: u64) -> Response {

@@ -360,14 +360,7 @@ pub async fn delete_picture(
             &headers,
         )
         .await?;
-    let body = CommandResponse {
-        version: executed.version,
-        position: executed.position.clone(),
-    };
-    Ok(with_etag(
-        (accepted_status(&executed, StatusCode::OK), Json(body)).into_response(),
-        executed.version,
-    ))
+    Ok(crate::http::command_reply(&executed, StatusCode::OK))
 }
 
 #[cfg(test)]
@@ -429,7 +422,8 @@ mod tests {
         }
     }
 
-    /// A PNG that declares 20000x20000 pixels in its header but carries almost no data.
+    /// Returns a PNG that declares 20000x20000 pixels in its header but carries almost no
+    /// data.
     pub(crate) fn oversized_png_header() -> Vec<u8> {
         let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
         let mut chunk = b"IHDR".to_vec();

@@ -15,7 +15,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
 use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::decider::Rejection;
 use crate::domain::{EmailAddress, NewPassword, PasswordContext};
 use crate::email::mail_links;
-use crate::http::{actor, read_json, rejection_problem, with_etag, AppState, CommandResponse};
+use crate::http::{actor, read_json, rejection_problem, AppState, CommandResponse};
 use crate::wire::Command;
 
 #[derive(OpenApi)]
@@ -175,16 +175,5 @@ pub async fn confirm_password_reset(
             "account_not_found" => void(),
             _ => problem,
         })?;
-    let body = CommandResponse {
-        version: executed.version,
-        position: executed.position.clone(),
-    };
-    Ok(with_etag(
-        (
-            crate::http::accepted_status(&executed, StatusCode::OK),
-            Json(body),
-        )
-            .into_response(),
-        executed.version,
-    ))
+    Ok(crate::http::command_reply(&executed, StatusCode::OK))
 }

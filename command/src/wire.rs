@@ -174,7 +174,7 @@ pub enum Command {
         email: String,
         email_normalized: String,
     },
-    /// Saga step sent back to the account when another account holds the new address.
+    /// Saga step sent back to the account when the new address belongs to another account.
     AbortEmailChange {
         account_id: Uuid,
         email: String,

@@ -229,14 +229,7 @@ pub async fn add_member(
         &headers,
     )
     .await?;
-    let body = CommandResponse {
-        version: executed.version,
-        position: executed.position.clone(),
-    };
-    Ok(with_etag(
-        (accepted_status(&executed, StatusCode::OK), Json(body)).into_response(),
-        executed.version,
-    ))
+    Ok(crate::http::command_reply(&executed, StatusCode::OK))
 }
 
 /// Removes a member. The owner may remove others, and a member may leave.

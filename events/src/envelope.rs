@@ -6,8 +6,8 @@
 //! follow. The actor is in `actortype`, `actorid`, `actorip` and `actoruseragent`.
 //! `requestdigest`, the SHA-256 of the request behind the command, is present when known.
 //! `previoushash` is the hex SHA-256 of the record value of the aggregate's previous event,
-//! absent on its first event: the events of an aggregate form a hash chain over the exact
-//! bytes stored in Kafka, so an altered, removed or inserted event breaks it.
+//! and is absent on its first event. The events of an aggregate thus form a hash chain over
+//! the exact bytes stored in Kafka, and an altered, removed or inserted event breaks it.
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;

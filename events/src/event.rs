@@ -86,8 +86,8 @@ pub struct ProfileUpdated {
 /// A session was opened after a successful sign-in. The token is present only as the
 /// hex SHA-256 of its bytes.
 ///
-/// Version 2 groups the client's user agent and IP address under `client`; version 1
-/// records, which carry them at the top level, are upcast on read.
+/// Version 2 groups the client's user agent and IP address under `client`. Version 1
+/// records carry them at the top level and are upcast on read.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionStarted {
@@ -319,7 +319,7 @@ pub struct EmailChanged {
 #[serde(deny_unknown_fields)]
 pub struct EmailChangeFailed {
     pub email: String,
-    /// `email_taken` when another account holds the address.
+    /// `email_taken` when the address belongs to another account.
     pub reason: String,
 }
 

@@ -218,15 +218,15 @@ impl Notifier {
                 now,
             })),
             DomainEvent::EmailChanged(changed) => {
-                let shown = mask_address(&changed.email);
+                let masked = mask_address(&changed.email);
                 let text = format!(
-                    "The email address of your account was changed to {shown}.\n\n\
+                    "The email address of your account was changed to {masked}.\n\n\
                      If you did not make this change, reset your password and contact support.\n"
                 );
                 let html = format!(
                     "<p>The email address of your account was changed to {}.</p>\
                      <p>If you did not make this change, reset your password and contact support.</p>",
-                    escape_html(&shown)
+                    escape_html(&masked)
                 );
                 let mail = Mail {
                     kind: "email_changed_notice",
@@ -368,7 +368,7 @@ impl Notifier {
                 Ok(_) => return Ok(()),
                 // A permanent rejection will not change on retry.
                 Err(error) if error.is_permanent() => {
-                    return Err(anyhow!(error).context("the SMTP server refused the mail"))
+                    return Err(anyhow!(error).context("the SMTP server rejected the mail"))
                 }
                 Err(error) if attempt == SEND_ATTEMPTS => {
                     return Err(anyhow!(error).context("the SMTP server could not be reached"))
@@ -432,7 +432,10 @@ async fn store_offsets(
 }
 
 /// Parses the recipient with its domain in ASCII form (punycode), which every SMTP server
-/// accepts; the local part stays as typed.
+/// accepts. The local part stays as typed.
+///
+/// NOTE: a non-ASCII local part needs an SMTP server with SMTPUTF8; aiosmtpd has none, and
+/// such mail fails after its retries with a misleading "could not be reached".
 fn recipient(address: &str) -> anyhow::Result<Mailbox> {
     let (local, domain) = address
         .rsplit_once('@')
@@ -474,7 +477,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn masks_all_but_the_first_character_of_the_local_part() {
+    fn mask_keeps_first_local_character() {
         assert_eq!(mask_address("alice+work@example.com"), "a***@example.com");
         assert_eq!(mask_address("no-at-sign"), "***");
     }

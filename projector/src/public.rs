@@ -114,12 +114,12 @@ impl Publisher {
             .set("fetch.wait.max.ms", "10")
             .create()
             .context("failed to create the event consumer")?;
-        let mut wanted = TopicPartitionList::new();
+        let mut partitions = TopicPartitionList::new();
         for partition in 0..kafka.partitions {
-            wanted.add_partition(&topics.events, partition);
+            partitions.add_partition(&topics.events, partition);
         }
         let committed = consumer
-            .committed_offsets(wanted, KAFKA_TIMEOUT)
+            .committed_offsets(partitions, KAFKA_TIMEOUT)
             .context("failed to read the committed event offsets")?;
         let mut assignment = TopicPartitionList::new();
         for partition in 0..kafka.partitions {

@@ -169,7 +169,7 @@ fn consumer_at(
 /// Projects the whole log into the tables of `schema`. Returns the number of events.
 ///
 /// Partitions are spread over [`WRITERS`] connections, each writing its partitions in log
-/// order; aggregates never span partitions, so their writes do not depend on each other.
+/// order. An aggregate never spans partitions, so the writers do not depend on each other.
 async fn project_all(
     kafka: &KafkaConfig,
     pool: &PgPool,

@@ -101,6 +101,9 @@ pub(crate) async fn get_own_picture(
 
 /// Returns a picture rendition by the SHA-256 in a `picture_url`. No session is needed,
 /// because the address names the content.
+///
+/// NOTE: renditions are never deleted, so this address keeps serving a picture after its
+/// account removed or replaced it, and after an upload whose command was rejected.
 #[utoipa::path(get, path = "/v1/pictures/{sha256}", tag = "profile", params(("sha256" = String, Path)), responses(
     (status = 200, description = "the image, cacheable forever", content_type = "image/*"),
     (status = 304, description = "If-None-Match names this picture"),

@@ -65,13 +65,13 @@ async fn audit_endpoints_need_the_auditor_role() {
     let (user, auditor) = (app.new_user().await, app.new_user().await);
     let path = format!("{}/events", user.account_id);
 
-    let refused = audit_get(&app, &auditor, &path).await;
-    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let rejected = audit_get(&app, &auditor, &path).await;
+    assert_eq!(rejected.status(), StatusCode::FORBIDDEN);
     assert_eq!(
-        refused.json::<Value>().await.unwrap()["code"],
+        rejected.json::<Value>().await.unwrap()["code"],
         "auditor_role_required"
     );
-    let refused = audit_get(
+    let rejected = audit_get(
         &app,
         &auditor,
         &format!(
@@ -81,7 +81,7 @@ async fn audit_endpoints_need_the_auditor_role() {
         ),
     )
     .await;
-    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(rejected.status(), StatusCode::FORBIDDEN);
 
     grant_auditor(&app, auditor.account_id).await;
     let allowed = audit_get(&app, &auditor, &path).await;

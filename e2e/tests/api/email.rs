@@ -57,7 +57,7 @@ async fn registration_mail_verifies_the_address() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn confirmed_change_moves_the_account_and_notifies_the_old_address() {
+async fn email_change_moves_account_and_notifies() {
     let app = spawn_app(1).await;
     let user = app.new_user().await;
     let typed = format!("New.Person+work-{}@Example.com", Uuid::new_v4().simple());
@@ -269,9 +269,9 @@ async fn email_change_needs_a_recent_check() {
     assert_eq!(aged.rows_affected(), 1);
     let target = unique_address("stepup");
 
-    let refused = request_change(&app, &user, &target).await;
-    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
-    assert_eq!(code_of(refused).await, "reauthentication_required");
+    let rejected = request_change(&app, &user, &target).await;
+    assert_eq!(rejected.status(), StatusCode::FORBIDDEN);
+    assert_eq!(code_of(rejected).await, "reauthentication_required");
     assert_eq!(app.profile_json(&user).await["pending_email"], Value::Null);
 
     let checked = app

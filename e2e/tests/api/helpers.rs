@@ -90,8 +90,8 @@ pub async fn spawn_app(decider_count: usize) -> TestApp {
         .expect("failed to start the test stack")
 }
 
-/// The file every test of this process logs to at debug level, so that a test can check
-/// what the services wrote to their logs.
+/// Returns the file that every test of this process logs to at debug level, so that a
+/// test can check what the services wrote to their logs.
 pub fn log_file() -> PathBuf {
     let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-logs");
     directory.join(format!("api-{}.log", std::process::id()))
@@ -131,7 +131,7 @@ fn init_tracing() {
     });
 }
 
-/// The Maildir that the local SMTP server (deploy/local/smtp) writes to.
+/// Returns the Maildir that the local SMTP server (deploy/local/smtp) writes to.
 pub fn mail_dir() -> PathBuf {
     std::env::var_os("MAIL_DIR").map_or_else(
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/state/mail"),

@@ -19,7 +19,7 @@ fn encoded(format: ImageFormat) -> Vec<u8> {
     bytes.into_inner()
 }
 
-/// A PNG that declares 20000x20000 pixels in its header but carries almost no data.
+/// Returns a PNG that declares 20000x20000 pixels in its header but carries almost no data.
 fn oversized_png_header() -> Vec<u8> {
     let mut chunk = b"IHDR".to_vec();
     chunk.extend(20_000_u32.to_be_bytes());

@@ -25,16 +25,16 @@ async fn confirm_reset(app: &TestApp, token: &str, password: &str) -> reqwest::R
 /// Returns the tokens of the reset mails `user` got, oldest first, once there are `count`.
 async fn reset_tokens(user: &User, count: usize) -> Vec<String> {
     let mut tokens = Vec::new();
-    let mut wanted = count;
+    let mut expected_mails = count;
     // The first mail of every account is its verification mail.
     while tokens.len() < count {
-        tokens = wait_for_mails(&user.email, wanted + 1)
+        tokens = wait_for_mails(&user.email, expected_mails + 1)
             .await
             .iter()
             .filter(|mail| mail.contains("Subject: Reset your password"))
             .map(|mail| link_token(mail, "reset-password"))
             .collect();
-        wanted += 1;
+        expected_mails += 1;
     }
     tokens
 }
@@ -121,7 +121,7 @@ async fn newer_request_and_password_change_void_older_links() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn unknown_address_gets_the_same_answer_and_no_mail() {
+async fn reset_unknown_address_mails_nothing() {
     let app = spawn_app(1).await;
     let unknown = format!("nobody-{}@example.com", Uuid::new_v4().simple());
     let events_before = app.committed_events().len();
