@@ -257,6 +257,10 @@ pub(crate) struct Executed {
     pub(crate) version: u64,
     pub(crate) position: Option<String>,
     pub(crate) visible: bool,
+    /// From sending the command until its decider's reply arrived.
+    pub(crate) decided_in: Duration,
+    /// From the reply until the read models showed the events, or the wait gave up.
+    pub(crate) shown_in: Duration,
 }
 
 impl AppState {
@@ -361,9 +365,11 @@ impl AppState {
         actor: Actor,
         command: Command,
     ) -> Result<Executed, Problem> {
+        let sending = std::time::Instant::now();
         let outcome = self
             .send(aggregate, command_id, expected_version, actor, command)
             .await?;
+        let decided_in = sending.elapsed();
         let (account_id, version, position) = match outcome {
             Outcome::Accepted {
                 account_id,
@@ -383,13 +389,15 @@ impl AppState {
             }
             _ => true,
         };
-        metrics::histogram!("command_visibility_wait_seconds")
-            .record(waiting.elapsed().as_secs_f64());
+        let shown_in = waiting.elapsed();
+        metrics::histogram!("command_visibility_wait_seconds").record(shown_in.as_secs_f64());
         Ok(Executed {
             account_id,
             version,
             position,
             visible,
+            decided_in,
+            shown_in,
         })
     }
 }
@@ -529,17 +537,35 @@ pub struct CommandResponse {
     pub position: Option<String>,
 }
 
-/// Returns the `{version, position}` body of a command with `ETag`, and `status` once the
-/// read models show the command (202 before).
+/// Returns the `{version, position}` body of a command with `ETag` and `Server-Timing`,
+/// and `status` once the read models show the command (202 before).
 pub(crate) fn command_reply(executed: &Executed, status: StatusCode) -> Response {
     let body = CommandResponse {
         version: executed.version,
         position: executed.position.clone(),
     };
-    with_etag(
+    let response = with_etag(
         (accepted_status(executed, status), Json(body)).into_response(),
         executed.version,
-    )
+    );
+    with_server_timing(response, executed)
+}
+
+const SERVER_TIMING: header::HeaderName = header::HeaderName::from_static("server-timing");
+
+/// Sets `Server-Timing` on a command's response: `decide` is the time until the decider
+/// committed and replied, `project` the time from that reply until the read models showed
+/// the events (or the wait gave up), both in milliseconds.
+pub(crate) fn with_server_timing(mut response: Response, executed: &Executed) -> Response {
+    let value = format!(
+        "decide;dur={:.3}, project;dur={:.3}",
+        executed.decided_in.as_secs_f64() * 1e3,
+        executed.shown_in.as_secs_f64() * 1e3
+    );
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        response.headers_mut().insert(SERVER_TIMING, value);
+    }
+    response
 }
 
 pub(crate) fn with_etag(mut response: Response, version: u64) -> Response {
@@ -787,7 +813,7 @@ pub(crate) async fn open_session(
         )
         .await?;
     let status = accepted_status(&executed, StatusCode::CREATED);
-    Ok((
+    let response = (
         status,
         Json(SessionResponse {
             token,
@@ -795,7 +821,8 @@ pub(crate) async fn open_session(
             expires_at,
         }),
     )
-        .into_response())
+        .into_response();
+    Ok(with_server_timing(response, &executed))
 }
 
 /// Returns 32 random bytes from the operating system, base64url-encoded without padding.
@@ -901,7 +928,11 @@ impl ProfilePatch {
     ("If-Match" = Option<String>, Header, description = "the ETag the change is based on; 412 when the account moved on"),
     ("Idempotency-Key" = Option<String>, Header, description = "makes a retry return the first outcome"),
 ), responses(
-    (status = 200, body = CommandResponse), (status = 202, body = CommandResponse, description = "accepted; the read models do not show it yet"),
+    (status = 200, body = CommandResponse, headers(
+        ("ETag" = String, description = "the account's version after the change"),
+        ("Server-Timing" = String, description = "`decide;dur=<ms>, project;dur=<ms>`: the time until the decider replied, then until the read models showed the change"),
+    )),
+    (status = 202, body = CommandResponse, description = "accepted; the read models do not show it yet"),
     (status = 400, body = ProblemDetails), (status = 401, body = ProblemDetails), (status = 412, body = ProblemDetails, description = "version_mismatch"), (status = 422, body = ProblemDetails),
 ), security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(account_id = tracing::field::Empty))]
@@ -938,15 +969,7 @@ pub async fn update_profile(
             },
         )
         .await?;
-    let status = accepted_status(&executed, StatusCode::OK);
-    let body = CommandResponse {
-        version: executed.version,
-        position: executed.position.clone(),
-    };
-    Ok(with_etag(
-        (status, Json(body)).into_response(),
-        executed.version,
-    ))
+    Ok(command_reply(&executed, StatusCode::OK))
 }
 
 #[cfg(test)]

@@ -39,6 +39,23 @@ async fn patch_is_visible_on_next_get() {
         .unwrap();
     assert_eq!(patched.status(), StatusCode::OK);
     let etag = patched.headers()["etag"].to_str().unwrap().to_owned();
+    let timing = patched.headers()["server-timing"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let durations: Vec<(&str, f64)> = timing
+        .split(", ")
+        .map(|metric| {
+            let (name, duration) = metric.split_once(";dur=").unwrap();
+            (name, duration.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        durations.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
+        ["decide", "project"],
+        "{timing}"
+    );
+    assert!(durations.iter().all(|(_, ms)| *ms >= 0.0), "{timing}");
     let patched: Value = patched.json().await.unwrap();
     let version = patched["version"].as_u64().unwrap();
     assert_eq!(etag, format!("\"{version}\""));
