@@ -299,12 +299,104 @@ impl<'a> Worker<'a> {
                     .or_default()
                     .push(incoming);
             }
-            for (partition, commands) in by_partition {
-                self.process(partition, commands)?;
-            }
+            self.process_all(by_partition)?;
         }
         tracing::info!("decider worker stopped");
         Ok(())
+    }
+
+    /// Decides and commits each partition's commands in a transaction of its own, the
+    /// partitions at the same time: a commit mostly waits for the broker, and partitions
+    /// share no state.
+    fn process_all(
+        &mut self,
+        mut by_partition: BTreeMap<i32, Vec<Incoming>>,
+    ) -> anyhow::Result<()> {
+        let Self {
+            config,
+            control,
+            consumer,
+            owned,
+            topics,
+            undecodable_commands,
+        } = self;
+        let (config, control, consumer, topics) = (*config, *control, &*consumer, &*topics);
+        let work: Vec<(i32, &mut OwnedPartition, Vec<Incoming>)> = owned
+            .iter_mut()
+            .filter_map(|(partition, owned)| {
+                by_partition
+                    .remove(partition)
+                    .map(|commands| (*partition, owned, commands))
+            })
+            .collect();
+        let results: Vec<(i32, u64, anyhow::Result<()>)> = if work.len() == 1 {
+            work.into_iter()
+                .map(|(partition, owned, commands)| {
+                    let mut undecodable = 0;
+                    let result = process(
+                        config,
+                        control,
+                        consumer,
+                        topics,
+                        partition,
+                        owned,
+                        commands,
+                        &mut undecodable,
+                    );
+                    (partition, undecodable, result)
+                })
+                .collect()
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = work
+                    .into_iter()
+                    .map(|(partition, owned, commands)| {
+                        let handle = scope.spawn(move || {
+                            let mut undecodable = 0;
+                            let result = process(
+                                config,
+                                control,
+                                consumer,
+                                topics,
+                                partition,
+                                owned,
+                                commands,
+                                &mut undecodable,
+                            );
+                            (undecodable, result)
+                        });
+                        (partition, handle)
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|(partition, handle)| match handle.join() {
+                        Ok((undecodable, result)) => (partition, undecodable, result),
+                        Err(_) => (
+                            partition,
+                            0,
+                            Err(anyhow!(
+                                "the batch thread of partition {partition} panicked"
+                            )),
+                        ),
+                    })
+                    .collect()
+            })
+        };
+        let mut first_error = None;
+        for (partition, undecodable, result) in results {
+            *undecodable_commands += undecodable;
+            if let Err(error) = result {
+                if error.is::<Crashed>() {
+                    // A crashed process leaves its transaction open; the next owner aborts it.
+                    if let Some(owned) = owned.remove(&partition) {
+                        std::mem::forget(owned.producer);
+                    }
+                }
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Polls commands until the batch is full or the batch window has passed, applying
@@ -433,47 +525,47 @@ impl<'a> Worker<'a> {
             next_command_offset,
         })
     }
+}
 
-    /// Decides a batch of one partition's commands and commits the result in one
-    /// transaction.
-    #[tracing::instrument(skip_all, fields(partition, commands = commands.len()))]
-    fn process(&mut self, partition: i32, commands: Vec<Incoming>) -> anyhow::Result<()> {
-        let Some(owned) = self.owned.get_mut(&partition) else {
-            return Ok(());
-        };
-        let commands: Vec<Incoming> = commands
-            .into_iter()
-            .filter(|incoming| incoming.offset >= owned.next_command_offset)
-            .collect();
-        let Some(last_offset) = commands.last().map(|incoming| incoming.offset) else {
-            return Ok(());
-        };
-        let started = Instant::now();
-        owned
-            .producer
-            .begin_transaction()
-            .context("failed to begin transaction")?;
+/// Decides a partition's commands and commits the events, the replies and the command
+/// offsets in one transaction. An error of kind [`Crashed`] leaves the transaction open.
+#[allow(clippy::too_many_arguments)]
+#[tracing::instrument(skip_all, fields(partition, commands = commands.len()))]
+fn process(
+    config: &ProcessorConfig,
+    control: &WorkerControl,
+    consumer: &BaseConsumer<AssignmentTracker>,
+    topics: &accounts_events::Topics,
+    partition: i32,
+    owned: &mut OwnedPartition,
+    commands: Vec<Incoming>,
+    undecodable: &mut u64,
+) -> anyhow::Result<()> {
+    let commands: Vec<Incoming> = commands
+        .into_iter()
+        .filter(|incoming| incoming.offset >= owned.next_command_offset)
+        .collect();
+    let Some(last_offset) = commands.last().map(|incoming| incoming.offset) else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    owned
+        .producer
+        .begin_transaction()
+        .context("failed to begin transaction")?;
 
-        let result = decide_batch(
-            self.config,
-            &self.topics,
-            partition,
-            owned,
-            &commands,
-            &mut self.undecodable_commands,
-        )
-        .and_then(|decided| {
-            if self.control.crash_before_commit.load(Ordering::SeqCst) {
+    let result = decide_batch(config, topics, partition, owned, &commands, undecodable).and_then(
+        |decided| {
+            if control.crash_before_commit.load(Ordering::SeqCst) {
                 return Err(anyhow!(Crashed));
             }
             let mut offsets = TopicPartitionList::new();
             offsets.add_partition_offset(
-                &self.topics.commands,
+                &topics.commands,
                 partition,
                 Offset::Offset(last_offset + 1),
             )?;
-            let metadata = self
-                .consumer
+            let metadata = consumer
                 .group_metadata()
                 .ok_or_else(|| anyhow!("the command consumer has no group metadata"))?;
             owned
@@ -486,35 +578,26 @@ impl<'a> Worker<'a> {
                 .commit_transaction(KAFKA_TIMEOUT)
                 .context("failed to commit transaction")?;
             Ok(decided)
-        });
+        },
+    );
 
-        match result {
-            Ok(decided) => {
-                decided.apply(&mut owned.state);
-                owned.next_command_offset = last_offset + 1;
-                self.control
-                    .batches_committed
-                    .fetch_add(1, Ordering::SeqCst);
-                metrics::histogram!("decider_batch_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                metrics::counter!("decider_commands_total").increment(commands.len() as u64);
-                Ok(())
+    match result {
+        Ok(decided) => {
+            decided.apply(&mut owned.state);
+            owned.next_command_offset = last_offset + 1;
+            control.batches_committed.fetch_add(1, Ordering::SeqCst);
+            metrics::histogram!("decider_batch_seconds").record(started.elapsed().as_secs_f64());
+            metrics::counter!("decider_commands_total").increment(commands.len() as u64);
+            Ok(())
+        }
+        Err(error) if error.is::<Crashed>() => Err(error),
+        Err(error) => {
+            if let Err(abort) = owned.producer.abort_transaction(KAFKA_TIMEOUT) {
+                tracing::warn!(error = %abort, partition, "failed to abort transaction");
             }
-            Err(error) if error.is::<Crashed>() => {
-                // A crashed process leaves its transaction open; the next owner aborts it.
-                if let Some(owned) = self.owned.remove(&partition) {
-                    std::mem::forget(owned.producer);
-                }
-                Err(error)
-            }
-            Err(error) => {
-                if let Err(abort) = owned.producer.abort_transaction(KAFKA_TIMEOUT) {
-                    tracing::warn!(error = %abort, partition, "failed to abort transaction");
-                }
-                Err(error.context(format!(
-                    "failed to process commands of partition {partition}"
-                )))
-            }
+            Err(error.context(format!(
+                "failed to process commands of partition {partition}"
+            )))
         }
     }
 }
@@ -1027,6 +1110,23 @@ fn wait_for_deliveries(
     }
     delivered.clear();
     Ok(offsets)
+}
+
+/// The state a takeover rebuilt of one partition, in counts.
+#[derive(Clone, Copy, Debug)]
+pub struct Replayed {
+    pub events: u64,
+    pub accounts: usize,
+}
+
+/// Rebuilds one partition's decider state from the event log, as a worker does when it
+/// takes the partition over, and drops it.
+pub fn replay_partition(kafka: &KafkaConfig, partition: i32) -> anyhow::Result<Replayed> {
+    let (state, events) = rebuild(kafka, &kafka.topics().events, partition)?;
+    Ok(Replayed {
+        events,
+        accounts: state.accounts.len(),
+    })
 }
 
 /// Reads event partition `partition` from the start with read_committed and folds it into
