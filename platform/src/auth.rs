@@ -72,20 +72,30 @@ impl SessionAuth {
             .filter(|token| !token.is_empty() && token.len() <= MAX_TOKEN_LENGTH)
             .ok_or_else(Problem::unauthorized)?;
 
-        let row: Option<(Uuid, Uuid)> = sqlx::query_as(
-            "SELECT s.account_id, s.session_id FROM sessions s \
-             LEFT JOIN session_activity a USING (session_id) \
+        // `stale` is true when the recorded last use is older than the write interval. Only
+        // then is it written, so most requests write nothing.
+        let row: Option<(Uuid, Uuid, bool)> = sqlx::query_as(
+            "SELECT s.account_id, s.session_id, \
+             COALESCE(a.last_seen_at < now() - make_interval(secs => $3), true) AS stale \
+             FROM sessions s LEFT JOIN session_activity a USING (session_id) \
              WHERE s.token_sha256 = $1 AND s.revoked_at IS NULL AND s.expires_at > now() \
              AND COALESCE(a.last_seen_at, s.created_at) > now() - make_interval(secs => $2)",
         )
         .bind(hash_token(token))
         .bind(self.idle_seconds)
+        .bind(ACTIVITY_WRITE_INTERVAL_SECONDS)
         .fetch_optional(&self.pool)
         .await
         .map_err(|error| {
             internal_error(&anyhow::Error::new(error).context("failed to look up session"))
         })?;
-        let (account_id, session_id) = row.ok_or_else(Problem::unauthorized)?;
+        let (account_id, session_id, stale) = row.ok_or_else(Problem::unauthorized)?;
+        if !stale {
+            return Ok(Authenticated {
+                account_id,
+                session_id,
+            });
+        }
 
         sqlx::query(
             "INSERT INTO session_activity (session_id, last_seen_at) VALUES ($1, now()) \
