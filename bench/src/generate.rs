@@ -101,9 +101,12 @@ fn send(
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
-            Err((rdkafka::error::KafkaError::MessageProduction(code), returned))
-                if code == rdkafka::types::RDKafkaErrorCode::QueueFull =>
-            {
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                returned,
+            )) => {
                 // The local queue is full: wait for deliveries.
                 record = returned;
                 std::thread::sleep(Duration::from_millis(5));
