@@ -35,6 +35,8 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Rate {
     pub operations: u64,
     pub elapsed: Duration,
+    /// Transactions committed, for the baselines that batch.
+    pub transactions: u64,
 }
 
 impl Rate {
@@ -45,25 +47,27 @@ impl Rate {
 
 type Waiter = oneshot::Sender<()>;
 
-/// Runs `clients` closed-loop clients for `length`; each operation is queued for a
-/// committer, which takes what is queued (up to its batch size, waiting `window` after the
-/// first) and releases each after one commit, as the decider and the projector do.
+/// Runs `clients` closed-loop clients for `length`. Each operation is queued for one of
+/// the committers, picked at random. A committer takes what is queued (up to its batch
+/// size, waiting a short window after the first) and releases each after one commit, as
+/// the deciders and the projector do.
 async fn group_commit_loop(
     clients: usize,
     length: Duration,
-    queue: mpsc::Sender<Waiter>,
+    queues: Vec<mpsc::Sender<Waiter>>,
 ) -> anyhow::Result<Rate> {
     let deadline = Instant::now() + length;
     let started = Instant::now();
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..clients.max(1) {
-        let queue = queue.clone();
+        let queues = queues.clone();
         let done = done.clone();
         tasks.spawn(async move {
+            let mut rng = rand::rngs::StdRng::from_entropy();
             while Instant::now() < deadline {
                 let (sender, receiver) = oneshot::channel();
-                queue
+                queues[rng.gen_range(0..queues.len())]
                     .send(sender)
                     .await
                     .map_err(|_| anyhow!("the committer stopped"))?;
@@ -75,18 +79,22 @@ async fn group_commit_loop(
             anyhow::Ok(())
         });
     }
-    drop(queue);
+    drop(queues);
     while let Some(result) = tasks.join_next().await {
         result.context("a baseline client panicked")??;
     }
     Ok(Rate {
         operations: done.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
+        transactions: 0,
     })
 }
 
-/// Transactional produce straight through rdkafka: per operation one record of a profile
-/// update event's size and one of a reply's size, in one transaction per batch.
+/// Transactional produce straight through rdkafka, as the deciders do it: one
+/// transactional producer per partition, each committing its own batches while the others
+/// do. Per operation it writes one record of a profile update event's size to the
+/// operation's partition and one of a reply's size to partition 0, where one command
+/// service's replies go.
 pub async fn kafka_produce(
     brokers: &str,
     topic: &str,
@@ -110,55 +118,90 @@ pub async fn kafka_produce(
         .await
         .context("failed to create the baseline topic")?;
 
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("transactional.id", format!("{topic}-baseline"))
-        .set("transaction.timeout.ms", "15000")
-        .set("linger.ms", "1")
-        .create()
-        .context("failed to create the baseline producer")?;
-    producer
-        .init_transactions(KAFKA_TIMEOUT)
-        .context("failed to initialise transactions")?;
+    let mut queues = Vec::new();
+    let mut committers = Vec::new();
+    for partition in 0..partitions.max(1) {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("transactional.id", format!("{topic}-{partition}"))
+            .set("transaction.timeout.ms", "15000")
+            .set("linger.ms", "1")
+            .create()
+            .context("failed to create a baseline producer")?;
+        let initialised = tokio::task::spawn_blocking(move || {
+            producer.init_transactions(KAFKA_TIMEOUT).map(|()| producer)
+        });
+        let producer = initialised
+            .await?
+            .context("failed to initialise transactions")?;
+        let (queue, receiver) = mpsc::channel::<Waiter>(clients.max(1) * 2);
+        queues.push(queue);
+        let target = topic.to_owned();
+        committers.push(std::thread::spawn(move || {
+            commit_records(&producer, &target, partition, receiver)
+        }));
+    }
+    let rate = group_commit_loop(clients, length, queues).await;
+    let joined = tokio::task::spawn_blocking(move || {
+        committers
+            .into_iter()
+            .map(|committer| {
+                committer
+                    .join()
+                    .map_err(|_| anyhow!("a baseline committer panicked"))?
+            })
+            .sum::<anyhow::Result<u64>>()
+    })
+    .await?;
+    let _ = admin.delete_topics(&[topic], &AdminOptions::new()).await;
+    let transactions = joined?;
+    rate.map(|rate| Rate {
+        transactions,
+        ..rate
+    })
+}
 
-    let (queue, mut receiver) = mpsc::channel::<Waiter>(clients.max(1) * 2);
-    let target = topic.to_owned();
-    let committer = std::thread::spawn(move || -> anyhow::Result<()> {
-        let event = vec![b'e'; EVENT_BYTES];
-        let reply = vec![b'r'; REPLY_BYTES];
-        let mut rng = rand::thread_rng();
-        while let Some(first) = receiver.blocking_recv() {
-            let batch = take_batch(&mut receiver, first, DECIDER_BATCH, DECIDER_WINDOW);
-            producer.begin_transaction()?;
-            for _ in &batch {
-                let key = Uuid::new_v4().to_string();
-                let partition = rng.gen_range(0..partitions.max(1));
-                for payload in [&event, &reply] {
-                    let mut record = BaseRecord::to(&target)
-                        .key(&key)
-                        .partition(partition)
-                        .payload(payload);
-                    while let Err((_, returned)) = producer.send(record) {
-                        // The local queue is full: serve deliveries, then retry.
-                        record = returned;
-                        producer.poll(Duration::from_millis(1));
-                    }
+/// Commits the operations queued for one partition, one transaction per batch, and returns
+/// the number of transactions.
+fn commit_records(
+    producer: &BaseProducer,
+    topic: &str,
+    partition: i32,
+    mut receiver: mpsc::Receiver<Waiter>,
+) -> anyhow::Result<u64> {
+    let mut transactions = 0;
+    let event = vec![b'e'; EVENT_BYTES];
+    let reply = vec![b'r'; REPLY_BYTES];
+    while let Some(first) = receiver.blocking_recv() {
+        let batch = take_batch(&mut receiver, first, DECIDER_BATCH, DECIDER_WINDOW);
+        producer.begin_transaction()?;
+        for _ in &batch {
+            let key = Uuid::new_v4().to_string();
+            for (payload, to) in [(&event, partition), (&reply, 0)] {
+                let mut record = BaseRecord::to(topic)
+                    .key(&key)
+                    .partition(to)
+                    .payload(payload);
+                while let Err((_, returned)) = producer.send(record) {
+                    // The local queue is full: serve deliveries, then retry.
+                    record = returned;
+                    producer.poll(Duration::from_millis(1));
                 }
             }
-            producer.commit_transaction(KAFKA_TIMEOUT)?;
-            for waiter in batch {
-                let _ = waiter.send(());
-            }
         }
-        Ok(())
-    });
-    let rate = group_commit_loop(clients, length, queue).await;
-    let committed = tokio::task::spawn_blocking(move || committer.join())
-        .await?
-        .map_err(|_| anyhow!("the baseline committer panicked"));
-    let _ = admin.delete_topics(&[topic], &AdminOptions::new()).await;
-    committed??;
-    rate
+        // The decider serves delivery reports in short polls before it commits, because
+        // BaseProducer::flush, which the commit calls, sleeps in steps of 100 ms.
+        let deadline = Instant::now() + KAFKA_TIMEOUT;
+        while producer.in_flight_count() > 0 && Instant::now() < deadline {
+            producer.poll(Duration::from_millis(1));
+        }
+        producer.commit_transaction(KAFKA_TIMEOUT)?;
+        transactions += 1;
+        for waiter in batch {
+            let _ = waiter.send(());
+        }
+    }
+    Ok(transactions)
 }
 
 /// Takes `first` and what else is queued, up to `limit`, waiting up to `window` for more.
@@ -210,6 +253,7 @@ pub async fn postgres_upserts(
     let accounts = accounts.to_vec();
     let mut connection = pool.acquire().await?.detach();
     let committer = tokio::spawn(async move {
+        let mut transactions = 0_u64;
         let mut version = 1_i64;
         let mut rng = rand::rngs::StdRng::from_entropy();
         while let Some(first) = receiver.recv().await {
@@ -253,17 +297,21 @@ pub async fn postgres_upserts(
                 .await?;
             }
             transaction.commit().await?;
+            transactions += 1;
             for waiter in batch {
                 let _ = waiter.send(());
             }
         }
-        anyhow::Ok(())
+        anyhow::Ok(transactions)
     });
-    let rate = group_commit_loop(clients, length, queue).await;
-    committer
+    let rate = group_commit_loop(clients, length, vec![queue]).await;
+    let transactions = committer
         .await
         .context("the baseline committer panicked")??;
-    rate
+    rate.map(|rate| Rate {
+        transactions,
+        ..rate
+    })
 }
 
 /// Runs the query service's profile read straight against PostgreSQL, from `clients`
@@ -307,6 +355,7 @@ pub async fn postgres_point_reads(
     Ok(Rate {
         operations,
         elapsed: started.elapsed(),
+        transactions: 0,
     })
 }
 
@@ -358,5 +407,6 @@ pub async fn argon2_hashes(length: Duration) -> anyhow::Result<Rate> {
     Ok(Rate {
         operations,
         elapsed: started.elapsed(),
+        transactions: 0,
     })
 }

@@ -90,6 +90,9 @@ struct RunArgs {
     /// Events of the generated log that the rebuild and the takeover read; 0 skips both.
     #[arg(long, default_value_t = 1_000_000)]
     log_events: u64,
+    /// Skip the HTTP load and measure only the baselines and the log.
+    #[arg(long)]
+    skip_load: bool,
     /// Folder of the outputs.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -193,11 +196,62 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let baseline_length = Duration::from_secs(args.baseline_seconds);
     let clients = usize::try_from(args.clients)?;
 
+    let (phases, open_rate, accounts) = if args.skip_load {
+        (Vec::new(), 0.0, 0)
+    } else {
+        drive_load(&args, &command_url, &query_url, clients, length).await?
+    };
+
+    let database = format!("accounts_bench_{stamp}");
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&args.admin_database_url)
+        .await
+        .context("failed to connect to the admin database")?;
+    sqlx::query(&format!("CREATE DATABASE {database}"))
+        .execute(&admin)
+        .await
+        .context("failed to create the bench database")?;
+    let url = database_url(&args.admin_database_url, &database)?;
+    let measured = measure_machine(&args, &stamp, &url, clients, baseline_length).await;
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .execute(&admin)
+        .await;
+    let machine = measured?;
+
+    let figures = figures(&phases, open_rate, &machine);
+    let mut context = vec![
+        format!("run {stamp}, {} s per load phase, {} s per baseline, {clients} closed-loop clients, {} accounts from {} source addresses", args.seconds, args.baseline_seconds, accounts, args.source_addresses),
+        format!("mixed phases: {}% profile updates, {}% sign-ins, {}% session lists, {}% profile reads; the open loop runs at half the closed mixed throughput", Mix::DASHBOARD.update_profile, Mix::DASHBOARD.sign_in, Mix::DASHBOARD.list_sessions, Mix::DASHBOARD.read_profile),
+        format!("{} cores, {}, {}", std::thread::available_parallelism().map_or(0, usize::from), memory(), machine.postgres_version),
+    ];
+    context.extend(args.context.iter().cloned());
+    let table = report::markdown(&figures, &context);
+    report::write_json(&args.out.join("results.json"), &figures)?;
+    std::fs::write(args.out.join("results.md"), &table)?;
+    let (series, spans) = chart_lines(&phases);
+    report::chart(&args.out.join("latency.svg"), &series, &spans)?;
+    println!("{table}");
+    step(&format!(
+        "wrote {0}/results.json, {0}/results.md and {0}/latency.svg",
+        args.out.display()
+    ));
+    Ok(())
+}
+
+/// Registers the accounts and runs the four load phases.
+async fn drive_load(
+    args: &RunArgs,
+    command_url: &str,
+    query_url: &str,
+    clients: usize,
+    length: Duration,
+) -> anyhow::Result<(Vec<Phase>, f64, usize)> {
     step(&format!("registering {} accounts", args.accounts));
     let load = Arc::new(
         Load::prepare(
-            &command_url,
-            &query_url,
+            command_url,
+            query_url,
             usize::try_from(args.accounts)?,
             usize::try_from(args.source_addresses)?,
             clients,
@@ -224,7 +278,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             to: load.elapsed(),
         });
     }
-    let open_rate = phases[2].throughput(None) / 2.0;
+    let open_rate = phases.last().map_or(0.0, |mixed| mixed.throughput(None)) / 2.0;
     step(&format!(
         "open loop 'open' at {open_rate:.0} requests/s for {} s",
         args.seconds
@@ -240,47 +294,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         to: load.elapsed(),
     });
 
-    let database = format!("accounts_bench_{stamp}");
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&args.admin_database_url)
-        .await
-        .context("failed to connect to the admin database")?;
-    sqlx::query(&format!("CREATE DATABASE {database}"))
-        .execute(&admin)
-        .await
-        .context("failed to create the bench database")?;
-    let url = database_url(&args.admin_database_url, &database)?;
-    let measured = measure_machine(&args, &stamp, &url, clients, baseline_length).await;
-    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-        .execute(&admin)
-        .await;
-    let machine = measured?;
-
-    let figures = figures(&phases, open_rate, &machine);
-    let mut context = vec![
-        format!("run {stamp}, {} s per load phase, {} s per baseline, {clients} closed-loop clients, {} accounts from {} source addresses", args.seconds, args.baseline_seconds, load.account_count(), args.source_addresses),
-        format!("mixed phases: {}% profile updates, {}% sign-ins, {}% session lists, {}% profile reads; the open loop runs at half the closed mixed throughput", Mix::DASHBOARD.update_profile, Mix::DASHBOARD.sign_in, Mix::DASHBOARD.list_sessions, Mix::DASHBOARD.read_profile),
-        format!("{} cores, {}, {}", std::thread::available_parallelism().map_or(0, usize::from), memory(), machine.postgres_version),
-    ];
-    context.extend(args.context.iter().cloned());
-    let table = report::markdown(&figures, &context);
-    report::write_json(&args.out.join("results.json"), &figures)?;
-    std::fs::write(args.out.join("results.md"), &table)?;
-    let (series, spans) = chart_lines(&phases);
-    report::chart(&args.out.join("latency.svg"), &series, &spans)?;
-    println!("{table}");
-    step(&format!(
-        "wrote {0}/results.json, {0}/results.md and {0}/latency.svg",
-        args.out.display()
-    ));
-    Ok(())
+    Ok((phases, open_rate, load.account_count()))
 }
 
 /// The figures the run measured without the services.
 struct Machine {
-    produce: f64,
-    upserts: f64,
+    produce: baseline::Rate,
+    upserts: baseline::Rate,
     point_reads: f64,
     hashes: f64,
     log: Option<LogFigures>,
@@ -313,8 +333,7 @@ async fn measure_machine(
         clients,
         length,
     )
-    .await?
-    .per_second();
+    .await?;
 
     let pool: PgPool = PgPoolOptions::new()
         .max_connections(16)
@@ -331,9 +350,7 @@ async fn measure_machine(
         "baseline: read-model upserts for {} s",
         length.as_secs()
     ));
-    let upserts = baseline::postgres_upserts(&pool, &accounts, clients, length)
-        .await?
-        .per_second();
+    let upserts = baseline::postgres_upserts(&pool, &accounts, clients, length).await?;
     step(&format!("baseline: point reads for {} s", length.as_secs()));
     let point_reads = baseline::postgres_point_reads(&pool, &accounts, clients, length)
         .await?
@@ -457,15 +474,31 @@ fn memory() -> String {
 fn figures(phases: &[Phase], open_rate: f64, machine: &Machine) -> Vec<Figure> {
     let produce = Figure::new(
         "baseline.kafka_transactional_produce",
-        machine.produce,
+        machine.produce.per_second(),
         "ops/s",
     );
-    let upserts = Figure::new("baseline.postgres_upserts", machine.upserts, "ops/s");
+    let upserts = Figure::new(
+        "baseline.postgres_upserts",
+        machine.upserts.per_second(),
+        "ops/s",
+    );
     let point_reads = Figure::new("baseline.postgres_point_read", machine.point_reads, "ops/s");
     let hashes = Figure::new("baseline.argon2id_hashes", machine.hashes, "ops/s");
+    let per_transaction =
+        |rate: &baseline::Rate| rate.operations as f64 / rate.transactions.max(1) as f64;
     let mut figures = vec![
         produce.clone(),
+        Figure::new(
+            "baseline.kafka_transactional_produce.batch",
+            per_transaction(&machine.produce),
+            "ops/transaction",
+        ),
         upserts.clone(),
+        Figure::new(
+            "baseline.postgres_upserts.batch",
+            per_transaction(&machine.upserts),
+            "ops/transaction",
+        ),
         point_reads.clone(),
         hashes.clone(),
     ];
