@@ -42,6 +42,34 @@ pub struct SessionConfig {
 /// Seconds between two writes of a session's last use.
 const ACTIVITY_WRITE_INTERVAL_SECONDS: f64 = 60.0;
 
+/// Selects `account_id`, `session_id` and `stale` of the session whose token hash is `$1`,
+/// if it is not revoked, not expired and not idle for more than `$2` seconds. `stale` is
+/// true when its recorded last use is older than `$3` seconds; only then is the use written,
+/// so most requests write nothing. A query that needs the caller's rows in the same round
+/// trip reads this as a common table expression.
+pub const LIVE_SESSION: &str = "SELECT s.account_id, s.session_id, \
+     COALESCE(a.last_seen_at < now() - make_interval(secs => $3), true) AS stale \
+     FROM sessions s LEFT JOIN session_activity a USING (session_id) \
+     WHERE s.token_sha256 = $1 AND s.revoked_at IS NULL AND s.expires_at > now() \
+     AND COALESCE(a.last_seen_at, s.created_at) > now() - make_interval(secs => $2)";
+
+/// Returns the SHA-256 of the `Authorization: Bearer` token, or 401 when the header is
+/// missing or malformed.
+pub fn bearer_token_hash(headers: &HeaderMap) -> Result<String, Problem> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            // Authentication schemes are case-insensitive (RFC 9110, section 11.1).
+            let (scheme, token) = value.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        })
+        .map(str::trim)
+        .filter(|token| !token.is_empty() && token.len() <= MAX_TOKEN_LENGTH)
+        .map(hash_token)
+        .ok_or_else(Problem::unauthorized)
+}
+
 /// Resolves bearer tokens to active sessions.
 #[derive(Clone)]
 pub struct SessionAuth {
@@ -60,43 +88,29 @@ impl SessionAuth {
     /// Resolves the `Authorization: Bearer` header to a session that is not revoked, not
     /// expired and not idle for longer than the idle timeout, and records its use.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Authenticated, Problem> {
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| {
-                // Authentication schemes are case-insensitive (RFC 9110, section 11.1).
-                let (scheme, token) = value.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then_some(token)
-            })
-            .map(str::trim)
-            .filter(|token| !token.is_empty() && token.len() <= MAX_TOKEN_LENGTH)
-            .ok_or_else(Problem::unauthorized)?;
-
-        // `stale` is true when the recorded last use is older than the write interval. Only
-        // then is it written, so most requests write nothing.
-        let row: Option<(Uuid, Uuid, bool)> = sqlx::query_as(
-            "SELECT s.account_id, s.session_id, \
-             COALESCE(a.last_seen_at < now() - make_interval(secs => $3), true) AS stale \
-             FROM sessions s LEFT JOIN session_activity a USING (session_id) \
-             WHERE s.token_sha256 = $1 AND s.revoked_at IS NULL AND s.expires_at > now() \
-             AND COALESCE(a.last_seen_at, s.created_at) > now() - make_interval(secs => $2)",
-        )
-        .bind(hash_token(token))
-        .bind(self.idle_seconds)
-        .bind(ACTIVITY_WRITE_INTERVAL_SECONDS)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|error| {
-            internal_error(&anyhow::Error::new(error).context("failed to look up session"))
-        })?;
+        let token_sha256 = bearer_token_hash(headers)?;
+        let row: Option<(Uuid, Uuid, bool)> = sqlx::query_as(LIVE_SESSION)
+            .bind(token_sha256)
+            .bind(self.idle_seconds)
+            .bind(ACTIVITY_WRITE_INTERVAL_SECONDS)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|error| {
+                internal_error(&anyhow::Error::new(error).context("failed to look up session"))
+            })?;
         let (account_id, session_id, stale) = row.ok_or_else(Problem::unauthorized)?;
-        if !stale {
-            return Ok(Authenticated {
-                account_id,
-                session_id,
-            });
+        if stale {
+            self.record_use(session_id).await?;
         }
+        Ok(Authenticated {
+            account_id,
+            session_id,
+        })
+    }
 
+    /// Records that a session was used now, unless a use within the write interval was
+    /// recorded already. Call it when [`LIVE_SESSION`] returned `stale`.
+    pub async fn record_use(&self, session_id: Uuid) -> Result<(), Problem> {
         sqlx::query(
             "INSERT INTO session_activity (session_id, last_seen_at) VALUES ($1, now()) \
              ON CONFLICT (session_id) DO UPDATE SET last_seen_at = now() \
@@ -112,11 +126,13 @@ impl SessionAuth {
                     .context(format!("failed to record use of session {session_id}")),
             )
         })?;
+        Ok(())
+    }
 
-        Ok(Authenticated {
-            account_id,
-            session_id,
-        })
+    /// Returns the parameters `$2` and `$3` of [`LIVE_SESSION`]: the idle timeout and the
+    /// write interval of session use, in seconds.
+    pub fn live_session_limits(&self) -> (f64, f64) {
+        (self.idle_seconds, ACTIVITY_WRITE_INTERVAL_SECONDS)
     }
 
     /// Returns the idle timeout in seconds, for queries that list active sessions.

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use accounts_events::INDUSTRIES;
+use accounts_platform::auth::{bearer_token_hash, LIVE_SESSION};
 use accounts_platform::http::{health_routes, HealthApi, Readiness};
 use accounts_platform::problem::internal_error;
 use accounts_platform::{
@@ -196,6 +197,26 @@ pub struct Profile {
     pub updated_at: DateTime<Utc>,
 }
 
+const PROFILE_COLUMNS: &str = "SELECT account_id, email, email_verified, pending_email, name, \
+     company_name, industry, business_phone, picture_sha256, version, updated_at FROM accounts";
+
+/// The caller's session and profile, selected by the session token's hash.
+static PROFILE_OF_SESSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH caller AS ({LIVE_SESSION}) \
+         SELECT caller.session_id, caller.stale, profile.* FROM caller \
+         JOIN ({PROFILE_COLUMNS}) AS profile USING (account_id)"
+    )
+});
+
+#[derive(sqlx::FromRow)]
+struct SessionProfileRow {
+    session_id: Uuid,
+    stale: bool,
+    #[sqlx(flatten)]
+    profile: ProfileRow,
+}
+
 #[derive(sqlx::FromRow)]
 struct ProfileRow {
     account_id: Uuid,
@@ -223,21 +244,38 @@ async fn get_profile(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let caller = state.auth.authenticate(&headers).await?;
-    await_min_position(&state, &headers).await?;
-    tracing::Span::current().record("account_id", tracing::field::display(caller.account_id));
-
-    let row: Option<ProfileRow> = sqlx::query_as(
-        "SELECT account_id, email, email_verified, pending_email, name, company_name, industry, business_phone, picture_sha256, version, updated_at \
-         FROM accounts WHERE account_id = $1",
-    )
-    .bind(caller.account_id)
-    .fetch_optional(&state.pool)
-    .await
-    .map_err(|error| internal_error(&anyhow::Error::new(error).context("failed to load profile")))?;
+    let row = if headers.contains_key("x-min-position") {
+        let caller = state.auth.authenticate(&headers).await?;
+        await_min_position(&state, &headers).await?;
+        sqlx::query_as::<_, ProfileRow>(&format!("{PROFILE_COLUMNS} WHERE account_id = $1"))
+            .bind(caller.account_id)
+            .fetch_optional(&state.pool)
+            .await
+            .map_err(|error| {
+                internal_error(&anyhow::Error::new(error).context("failed to load profile"))
+            })?
+    } else {
+        // The session lookup and the profile read share one round trip.
+        let token_sha256 = bearer_token_hash(&headers)?;
+        let (idle_seconds, write_interval) = state.auth.live_session_limits();
+        let row: Option<SessionProfileRow> = sqlx::query_as(&PROFILE_OF_SESSION)
+            .bind(token_sha256)
+            .bind(idle_seconds)
+            .bind(write_interval)
+            .fetch_optional(&state.pool)
+            .await
+            .map_err(|error| {
+                internal_error(&anyhow::Error::new(error).context("failed to load profile"))
+            })?;
+        if let Some(row) = row.as_ref().filter(|row| row.stale) {
+            state.auth.record_use(row.session_id).await?;
+        }
+        row.map(|row| row.profile)
+    };
     let Some(row) = row else {
         return Err(Problem::unauthorized());
     };
+    tracing::Span::current().record("account_id", tracing::field::display(row.account_id));
 
     let version = row.version;
     let profile = Profile {

@@ -282,3 +282,58 @@ async fn idle_session_expires() {
         .unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_use_is_written_once_per_interval() {
+    let app = spawn_app(1).await;
+    let user = app.new_user().await;
+    let hash = accounts_platform::hash_token(&user.token);
+    let last_seen = || async {
+        sqlx::query_scalar::<_, f64>(
+            "SELECT EXTRACT(EPOCH FROM now() - last_seen_at)::float8 FROM session_activity \
+             WHERE session_id = (SELECT session_id FROM sessions WHERE token_sha256 = $1)",
+        )
+        .bind(&hash)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(profile_status(&app, &user).await, StatusCode::OK);
+    assert!(last_seen().await < 30.0);
+
+    // Within the interval a use changes nothing; past it, the next use is written.
+    let age = |seconds: f64| {
+        sqlx::query(
+            "UPDATE session_activity SET last_seen_at = now() - make_interval(secs => $2) \
+             WHERE session_id = (SELECT session_id FROM sessions WHERE token_sha256 = $1)",
+        )
+        .bind(&hash)
+        .bind(seconds)
+        .execute(&app.pool)
+    };
+    age(40.0).await.unwrap();
+    assert_eq!(profile_status(&app, &user).await, StatusCode::OK);
+    assert!(
+        last_seen().await >= 39.0,
+        "a use within the interval was written"
+    );
+    age(300.0).await.unwrap();
+    assert_eq!(profile_status(&app, &user).await, StatusCode::OK);
+    assert!(
+        last_seen().await < 30.0,
+        "the use after the interval was not written"
+    );
+    age(300.0).await.unwrap();
+    let sessions = app
+        .http
+        .get(format!("{}/v1/sessions", app.query_url))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sessions.status(), StatusCode::OK);
+    assert!(
+        last_seen().await < 30.0,
+        "a session list did not record the use"
+    );
+}
