@@ -189,12 +189,8 @@ fn commit_records(
                 }
             }
         }
-        // The decider serves delivery reports in short polls before it commits, because
-        // BaseProducer::flush, which the commit calls, sleeps in steps of 100 ms.
-        let deadline = Instant::now() + KAFKA_TIMEOUT;
-        while producer.in_flight_count() > 0 && Instant::now() < deadline {
-            producer.poll(Duration::from_millis(1));
-        }
+        // As the decider does, because the commit's own flush waits in steps of 100 ms.
+        accounts_platform::kafka::deliver_queued(producer, KAFKA_TIMEOUT)?;
         producer.commit_transaction(KAFKA_TIMEOUT)?;
         transactions += 1;
         for waiter in batch {

@@ -167,7 +167,7 @@ impl Load {
                 let _permit = semaphore.acquire_owned().await?;
                 let registered = client
                     .post(format!("{command_url}/v1/accounts"))
-                    .json(&json!({"email": email, "password": password, "name": format!("Bench {index}")}))
+                    .json(&json!({"email": email, "password": password, "name": "Load Tester"}))
                     .send()
                     .await?;
                 if registered.status() != StatusCode::CREATED {

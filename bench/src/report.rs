@@ -236,11 +236,27 @@ pub fn chart(path: &Path, series: &[Series], spans: &[Span]) -> anyhow::Result<(
     }
     for (index, line) in series.iter().enumerate() {
         let color = Palette99::pick(index).to_rgba();
-        chart
-            .draw_series(LineSeries::new(
-                line.points.iter().copied(),
+        // Seconds without requests of this kind, such as the reads-only phase for
+        // commands, break the line instead of being bridged.
+        let mut segments: Vec<Vec<(f64, f64)>> = Vec::new();
+        for point in &line.points {
+            match segments.last_mut() {
+                Some(segment) if segment.last().is_some_and(|last| point.0 - last.0 <= 1.5) => {
+                    segment.push(*point)
+                }
+                _ => segments.push(vec![*point]),
+            }
+        }
+        let empty = Vec::new();
+        let (last, earlier) = segments.split_last().unwrap_or((&empty, &[]));
+        for segment in earlier {
+            chart.draw_series(LineSeries::new(
+                segment.iter().copied(),
                 color.stroke_width(2),
-            ))?
+            ))?;
+        }
+        chart
+            .draw_series(LineSeries::new(last.iter().copied(), color.stroke_width(2)))?
             .label(line.label.clone())
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))

@@ -1070,20 +1070,10 @@ fn send_reply(
         .map_err(|(error, _)| anyhow!(error).context("failed to queue reply"))
 }
 
-/// Waits until every queued record is delivered, serving delivery reports.
-///
-/// `BaseProducer::flush` in rust-rdkafka 0.39 polls in steps of 100 ms and was seen to sleep
-/// a full step per call, which added 100 ms to every batch twice (commit flushes too).
-/// Short polls return as soon as the broker acknowledges.
+/// Waits until every queued record is delivered, serving delivery reports without the
+/// 100 ms steps of `BaseProducer::flush`.
 fn drain(producer: &BaseProducer<DeliveryRecorder>) -> anyhow::Result<()> {
-    let deadline = Instant::now() + KAFKA_TIMEOUT;
-    while producer.in_flight_count() > 0 {
-        if Instant::now() > deadline {
-            bail!("records were not delivered within {KAFKA_TIMEOUT:?}");
-        }
-        producer.poll(Duration::from_millis(1));
-    }
-    Ok(())
+    accounts_platform::kafka::deliver_queued(producer, KAFKA_TIMEOUT)
 }
 
 /// Delivers the queued records and returns the offsets of the event records `0..count`.

@@ -1,6 +1,6 @@
 //! Kafka client settings and topic creation.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -8,6 +8,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, Partitioner, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
@@ -119,3 +120,30 @@ impl ClientContext for EndOfPartitionIsExpected {
 }
 
 impl ConsumerContext for EndOfPartitionIsExpected {}
+
+/// Waits until every record queued on `producer` is delivered, serving its delivery
+/// reports, and fails after `timeout`.
+///
+/// `BaseProducer::poll` in rust-rdkafka 0.39 returns only at its deadline and rounds the
+/// remaining time down to whole milliseconds, so short polls spin on the CPU and
+/// `BaseProducer::flush`, which commits call, sleeps in steps of 100 ms. This serves the
+/// reports without blocking and sleeps a quarter of a millisecond between checks.
+pub fn deliver_queued<C, P>(producer: &BaseProducer<C, P>, timeout: Duration) -> anyhow::Result<()>
+where
+    C: ProducerContext<P>,
+    P: Partitioner,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        producer.poll(Duration::ZERO);
+        if producer.in_flight_count() == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("records were not delivered within {timeout:?}");
+        }
+        std::thread::sleep(DELIVERY_CHECK_INTERVAL);
+    }
+}
+
+const DELIVERY_CHECK_INTERVAL: Duration = Duration::from_micros(250);

@@ -257,6 +257,9 @@ impl Publisher {
         self.producer
             .send_offsets_to_transaction(&offsets, &metadata, KAFKA_TIMEOUT)
             .context("failed to add event offsets to the transaction")?;
+        // The commit flushes too, but in steps of 100 ms.
+        accounts_platform::kafka::deliver_queued(&self.producer, KAFKA_TIMEOUT)
+            .context("failed to deliver public profiles")?;
         self.producer
             .commit_transaction(KAFKA_TIMEOUT)
             .context("failed to commit transaction")?;
