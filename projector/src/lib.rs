@@ -311,34 +311,25 @@ async fn write_batch(
         .await
         .context("failed to begin projection transaction")?;
     let mut next_offsets: HashMap<i32, i64> = HashMap::new();
-    for (index, (partition, offset, event)) in batch.iter().enumerate() {
-        if index == batch.len() / 2
-            && control
-                .crash_inside_next_batch
-                .swap(false, Ordering::SeqCst)
-        {
-            // Dropping the transaction rolls it back, as a dead process's would be.
-            return Err(anyhow!(Crashed));
-        }
-        if let Some(event) = event {
-            project::apply(&mut transaction, event)
-                .await
-                .with_context(|| {
-                    format!(
-                        "failed to project event {} at {partition}/{offset}",
-                        event.meta.event_id
-                    )
-                })?;
-        }
+    for (partition, offset, _) in batch {
         next_offsets.insert(*partition, offset + 1);
     }
-    let audited: Vec<(&RecordedEvent, i32, i64)> = batch
+    let events: Vec<project::Positioned<'_>> = batch
         .iter()
         .filter_map(|(partition, offset, event)| {
             event.as_ref().map(|event| (event, *partition, *offset))
         })
         .collect();
-    project::record_audit(&mut transaction, &audited)
+    if control
+        .crash_inside_next_batch
+        .swap(false, Ordering::SeqCst)
+    {
+        project::apply_batch(&mut transaction, &events[..events.len() / 2]).await?;
+        // Dropping the transaction rolls it back, as a dead process's would be.
+        return Err(anyhow!(Crashed));
+    }
+    project::apply_batch(&mut transaction, &events).await?;
+    project::record_audit(&mut transaction, &events)
         .await
         .context("failed to record the batch for audit")?;
     for (partition, next_offset) in &next_offsets {

@@ -5,6 +5,14 @@ use accounts_events::{DomainEvent, RecordedEvent};
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
+mod batch;
+mod copy;
+#[cfg(test)]
+mod test_db;
+
+pub use batch::{apply_batch, BatchError, Positioned};
+pub use copy::copy_audit;
+
 /// Applies one event inside the batch's transaction.
 pub async fn apply(
     transaction: &mut Transaction<'_, Postgres>,
@@ -12,7 +20,7 @@ pub async fn apply(
 ) -> sqlx::Result<()> {
     let connection: &mut PgConnection = transaction;
     let meta = &recorded.meta;
-    let version = i64::try_from(meta.sequence).unwrap_or(i64::MAX);
+    let version = version_of(recorded);
     match &recorded.event {
         DomainEvent::AccountRegistered(registered) => {
             sqlx::query(
@@ -537,6 +545,11 @@ async fn bump_version(
         .execute(&mut *connection)
         .await?;
     Ok(())
+}
+
+/// Returns the aggregate sequence of an event as the `version` its rows store.
+fn version_of(recorded: &RecordedEvent) -> i64 {
+    i64::try_from(recorded.meta.sequence).unwrap_or(i64::MAX)
 }
 
 fn account_id(subject: &str) -> sqlx::Result<Uuid> {

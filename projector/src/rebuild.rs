@@ -2,8 +2,10 @@
 //!
 //! 1. Empty copies of the read-model tables are created in a new schema `rebuild_<time>`.
 //! 2. The whole event log is projected into them through a connection whose `search_path`
-//!    is that schema, with the same statements the live projector runs. The live tables
-//!    keep serving and the live projector keeps writing meanwhile.
+//!    is that schema, with the [`project::apply_batch`] that the live projector runs. The
+//!    audit history is loaded with `COPY` ([`project::copy_audit`]) and the batches commit
+//!    without waiting for the WAL flush. The live tables keep serving and the live
+//!    projector keeps writing meanwhile.
 //! 3. One transaction locks the live tables and projects the events that the live projector
 //!    wrote after the rebuild's position. It then moves the live tables to a schema
 //!    `replaced_<time>`, dropped afterwards, and the rebuilt ones to `public`. Queries wait
@@ -202,11 +204,26 @@ async fn project_all(
             .connect_with(options.clone())
             .await
             .context("failed to connect for the rebuild")?;
-        let (sender, mut receiver) = tokio::sync::mpsc::channel::<Batch>(2);
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<Records>(2);
         let topic = topic.clone();
         writers.push(tokio::spawn(async move {
-            while let Some(batch) = receiver.recv().await {
+            let mut unknown = 0;
+            while let Some(records) = receiver.recv().await {
+                // Decoding here rather than in the reading loop spreads it over the
+                // runtime's worker threads.
+                let batch: Batch = records
+                    .iter()
+                    .map(|(partition, offset, payload)| {
+                        crate::decode(*partition, *offset, payload.as_deref(), &mut unknown)
+                    })
+                    .collect();
+                drop(records);
                 let mut transaction = target.begin().await?;
+                // The swap transaction is the commit point of a rebuild, and a crashed
+                // rebuild starts over, so these commits need not wait for the WAL flush.
+                sqlx::query("SET LOCAL synchronous_commit = off")
+                    .execute(&mut *transaction)
+                    .await?;
                 write(&mut transaction, &topic, &batch).await?;
                 transaction.commit().await?;
             }
@@ -217,7 +234,7 @@ async fn project_all(
     }
 
     let writer_of = |partition: i32| usize::try_from(partition).unwrap_or(0) % WRITERS;
-    let mut pending: Vec<Batch> = (0..WRITERS).map(|_| Vec::with_capacity(BATCH)).collect();
+    let mut pending: Vec<Records> = (0..WRITERS).map(|_| Vec::with_capacity(BATCH)).collect();
     let mut ended: HashMap<i32, bool> = (0..kafka.partitions).map(|p| (p, false)).collect();
     let mut projected = 0_u64;
     let mut failure = None;
@@ -237,11 +254,10 @@ async fn project_all(
         let partition = message.partition();
         ended.insert(partition, false);
         let writer = writer_of(partition);
-        pending[writer].push(crate::decode(
+        pending[writer].push((
             partition,
             message.offset(),
-            message.payload(),
-            &mut 0,
+            message.payload().map(<[u8]>::to_vec),
         ));
         if pending[writer].len() >= BATCH {
             let batch = std::mem::replace(&mut pending[writer], Vec::with_capacity(BATCH));
@@ -272,6 +288,8 @@ async fn project_all(
 }
 
 type Batch = Vec<(i32, i64, Option<RecordedEvent>)>;
+/// Records as read from Kafka, not decoded yet: partition, offset and payload.
+type Records = Vec<(i32, i64, Option<Vec<u8>>)>;
 
 /// Applies a batch and stores the offsets after it, in the tables of the transaction's
 /// `search_path`.
@@ -281,21 +299,17 @@ async fn write(
     batch: &[(i32, i64, Option<RecordedEvent>)],
 ) -> anyhow::Result<()> {
     let mut next_offsets: HashMap<i32, i64> = HashMap::new();
-    for (partition, offset, event) in batch {
-        if let Some(event) = event {
-            project::apply(transaction, event)
-                .await
-                .with_context(|| format!("failed to project event at {partition}/{offset}"))?;
-        }
+    for (partition, offset, _) in batch {
         next_offsets.insert(*partition, offset + 1);
     }
-    let audited: Vec<(&RecordedEvent, i32, i64)> = batch
+    let events: Vec<project::Positioned<'_>> = batch
         .iter()
         .filter_map(|(partition, offset, event)| {
             event.as_ref().map(|event| (event, *partition, *offset))
         })
         .collect();
-    project::record_audit(transaction, &audited)
+    project::apply_batch(transaction, &events).await?;
+    project::copy_audit(transaction, &events)
         .await
         .context("failed to record the batch for audit")?;
     for (partition, next_offset) in next_offsets {
