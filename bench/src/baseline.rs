@@ -237,11 +237,13 @@ pub async fn seed_accounts(pool: &PgPool, count: usize) -> anyhow::Result<Vec<Uu
     Ok(ids)
 }
 
-/// Runs the projector's profile-update statement and offset upsert straight through sqlx,
-/// on one connection, in one transaction per batch.
+/// Runs the projector's statement for a run of profile updates (one multi-row UPDATE
+/// keeping each account's newest change) and its offset upserts straight through sqlx, on
+/// one connection, in one transaction per batch.
 pub async fn postgres_upserts(
     pool: &PgPool,
     accounts: &[Uuid],
+    partitions_of_log: i32,
     clients: usize,
     length: Duration,
 ) -> anyhow::Result<Rate> {
@@ -263,24 +265,40 @@ pub async fn postgres_upserts(
             }
             let mut transaction = sqlx::Connection::begin(&mut connection).await?;
             let mut partitions = std::collections::BTreeSet::new();
+            // One change per account, the newest, as the projector keeps for a run.
+            let mut changes: std::collections::HashMap<Uuid, i64> = Default::default();
             for _ in &batch {
                 version += 1;
                 let account = accounts[rng.gen_range(0..accounts.len().max(1))];
-                partitions.insert(rng.gen_range(0..12_i32));
-                sqlx::query(
-                    "UPDATE accounts SET name = $2, company_name = $3, industry = $4, business_phone = $5, \
-                     version = $6, updated_at = $7 WHERE account_id = $1 AND version < $6",
-                )
-                .bind(account)
-                .bind(format!("Baseline {version}"))
-                .bind(Some("Company"))
-                .bind(Some("software"))
-                .bind(None::<String>)
-                .bind(version)
-                .bind(chrono::Utc::now())
-                .execute(&mut *transaction)
-                .await?;
+                changes.insert(account, version);
+                partitions.insert(rng.gen_range(0..partitions_of_log.max(1)));
             }
+            let (ids, versions): (Vec<Uuid>, Vec<i64>) = changes.into_iter().unzip();
+            let names: Vec<String> = versions
+                .iter()
+                .map(|version| format!("Baseline {version}"))
+                .collect();
+            let companies = vec![Some("Company"); ids.len()];
+            let industries = vec![Some("software"); ids.len()];
+            let phones = vec![None::<String>; ids.len()];
+            let times = vec![chrono::Utc::now(); ids.len()];
+            sqlx::query(
+                "UPDATE accounts SET name = changed.name, company_name = changed.company_name, \
+                 industry = changed.industry, business_phone = changed.business_phone, \
+                 version = changed.version, updated_at = changed.time \
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], \
+                 $7::timestamptz[]) AS changed(account_id, name, company_name, industry, business_phone, version, time) \
+                 WHERE accounts.account_id = changed.account_id AND accounts.version < changed.version",
+            )
+            .bind(&ids)
+            .bind(&names)
+            .bind(&companies)
+            .bind(&industries)
+            .bind(&phones)
+            .bind(&versions)
+            .bind(&times)
+            .execute(&mut *transaction)
+            .await?;
             for partition in partitions {
                 sqlx::query(
                     "INSERT INTO projection_offsets (projection, topic, partition, next_offset, updated_at) \

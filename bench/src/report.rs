@@ -197,6 +197,14 @@ pub struct Span {
     pub to: f64,
 }
 
+/// Colours that stay readable on the white and grey bands.
+const LINE_COLORS: [RGBColor; 4] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+];
+
 /// Draws latency over time as an SVG file.
 pub fn chart(path: &Path, series: &[Series], spans: &[Span]) -> anyhow::Result<()> {
     let end = spans.iter().map(|span| span.to).fold(1.0_f64, f64::max);
@@ -235,7 +243,7 @@ pub fn chart(path: &Path, series: &[Series], spans: &[Span]) -> anyhow::Result<(
         )))?;
     }
     for (index, line) in series.iter().enumerate() {
-        let color = Palette99::pick(index).to_rgba();
+        let color = LINE_COLORS[index % LINE_COLORS.len()].to_rgba();
         // Seconds without requests of this kind, such as the reads-only phase for
         // commands, break the line instead of being bridged.
         let mut segments: Vec<Vec<(f64, f64)>> = Vec::new();
