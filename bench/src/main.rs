@@ -90,6 +90,10 @@ struct RunArgs {
     /// Events of the generated log that the rebuild and the takeover read; 0 skips both.
     #[arg(long, default_value_t = 1_000_000)]
     log_events: u64,
+    /// Seconds of the dashboard mix sent before the measured phases and left out of the
+    /// figures, so that the broker's JIT compiler and the caches are warm.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=600))]
+    warmup_seconds: u64,
     /// Skip the HTTP load and measure only the baselines and the log.
     #[arg(long)]
     skip_load: bool,
@@ -222,7 +226,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let figures = figures(&phases, open_rate, &machine);
     let mut context = vec![
-        format!("run {stamp}, {} s per load phase, {} s per baseline, {clients} closed-loop clients, {} accounts from {} source addresses", args.seconds, args.baseline_seconds, accounts, args.source_addresses),
+        format!("run {stamp}, {} s of warm-up, {} s per load phase, {} s per baseline, {clients} closed-loop clients, {} accounts from {} source addresses", args.warmup_seconds, args.seconds, args.baseline_seconds, accounts, args.source_addresses),
         format!("mixed phases: {}% profile updates, {}% sign-ins, {}% session lists, {}% profile reads; the open loop runs at half the closed mixed throughput", Mix::DASHBOARD.update_profile, Mix::DASHBOARD.sign_in, Mix::DASHBOARD.list_sessions, Mix::DASHBOARD.read_profile),
         format!("{} cores, {}, {}", std::thread::available_parallelism().map_or(0, usize::from), memory(), machine.postgres_version),
     ];
@@ -259,6 +263,16 @@ async fn drive_load(
         )
         .await?,
     );
+
+    if args.warmup_seconds > 0 {
+        step(&format!("warming up for {} s", args.warmup_seconds));
+        load.closed_loop(
+            Mix::DASHBOARD,
+            clients,
+            Duration::from_secs(args.warmup_seconds),
+        )
+        .await;
+    }
 
     let mut phases = Vec::new();
     for (name, mix) in [
@@ -646,8 +660,10 @@ fn lag_figures(phase: &Phase, prefix: &str) -> Vec<Figure> {
 fn chart_lines(phases: &[Phase]) -> (Vec<Series>, Vec<Span>) {
     let mut commands: BTreeMap<u64, Vec<Duration>> = BTreeMap::new();
     let mut reads: BTreeMap<u64, Vec<Duration>> = BTreeMap::new();
+    // Time counts from the first measured phase, after the warm-up.
+    let origin = phases.first().map_or(Duration::ZERO, |phase| phase.from);
     for sample in phases.iter().flat_map(|phase| &phase.samples) {
-        let second = sample.at.as_secs();
+        let second = sample.at.saturating_sub(origin).as_secs();
         match sample.op {
             Op::UpdateProfile => commands.entry(second).or_default().push(sample.latency),
             Op::ListSessions | Op::ReadProfile => {
@@ -681,8 +697,8 @@ fn chart_lines(phases: &[Phase]) -> (Vec<Series>, Vec<Span>) {
         .iter()
         .map(|phase| Span {
             label: phase.name.to_owned(),
-            from: phase.from.as_secs_f64(),
-            to: phase.to.as_secs_f64(),
+            from: phase.from.saturating_sub(origin).as_secs_f64(),
+            to: phase.to.saturating_sub(origin).as_secs_f64(),
         })
         .collect();
     (series, spans)
