@@ -282,23 +282,16 @@ pub async fn postgres_upserts(
             let industries = vec![Some("software"); ids.len()];
             let phones = vec![None::<String>; ids.len()];
             let times = vec![chrono::Utc::now(); ids.len()];
-            sqlx::query(
-                "UPDATE accounts SET name = changed.name, company_name = changed.company_name, \
-                 industry = changed.industry, business_phone = changed.business_phone, \
-                 version = changed.version, updated_at = changed.time \
-                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], \
-                 $7::timestamptz[]) AS changed(account_id, name, company_name, industry, business_phone, version, time) \
-                 WHERE accounts.account_id = changed.account_id AND accounts.version < changed.version",
-            )
-            .bind(&ids)
-            .bind(&names)
-            .bind(&companies)
-            .bind(&industries)
-            .bind(&phones)
-            .bind(&versions)
-            .bind(&times)
-            .execute(&mut *transaction)
-            .await?;
+            sqlx::query(accounts_projector::project::UPDATE_PROFILES)
+                .bind(&ids)
+                .bind(&names)
+                .bind(&companies)
+                .bind(&industries)
+                .bind(&phones)
+                .bind(&versions)
+                .bind(&times)
+                .execute(&mut *transaction)
+                .await?;
             for partition in partitions {
                 sqlx::query(
                     "INSERT INTO projection_offsets (projection, topic, partition, next_offset, updated_at) \

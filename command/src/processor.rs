@@ -329,60 +329,41 @@ impl<'a> Worker<'a> {
                     .map(|commands| (*partition, owned, commands))
             })
             .collect();
-        let results: Vec<(i32, u64, anyhow::Result<()>)> = if work.len() == 1 {
-            work.into_iter()
+        let results: Vec<(i32, u64, anyhow::Result<()>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = work
+                .into_iter()
                 .map(|(partition, owned, commands)| {
-                    let mut undecodable = 0;
-                    let result = process(
-                        config,
-                        control,
-                        consumer,
-                        topics,
+                    let handle = scope.spawn(move || {
+                        let mut undecodable = 0;
+                        let result = process(
+                            config,
+                            control,
+                            consumer,
+                            topics,
+                            partition,
+                            owned,
+                            commands,
+                            &mut undecodable,
+                        );
+                        (undecodable, result)
+                    });
+                    (partition, handle)
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|(partition, handle)| match handle.join() {
+                    Ok((undecodable, result)) => (partition, undecodable, result),
+                    Err(_) => (
                         partition,
-                        owned,
-                        commands,
-                        &mut undecodable,
-                    );
-                    (partition, undecodable, result)
+                        0,
+                        Err(anyhow!(
+                            "the batch thread of partition {partition} panicked"
+                        )),
+                    ),
                 })
                 .collect()
-        } else {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = work
-                    .into_iter()
-                    .map(|(partition, owned, commands)| {
-                        let handle = scope.spawn(move || {
-                            let mut undecodable = 0;
-                            let result = process(
-                                config,
-                                control,
-                                consumer,
-                                topics,
-                                partition,
-                                owned,
-                                commands,
-                                &mut undecodable,
-                            );
-                            (undecodable, result)
-                        });
-                        (partition, handle)
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|(partition, handle)| match handle.join() {
-                        Ok((undecodable, result)) => (partition, undecodable, result),
-                        Err(_) => (
-                            partition,
-                            0,
-                            Err(anyhow!(
-                                "the batch thread of partition {partition} panicked"
-                            )),
-                        ),
-                    })
-                    .collect()
-            })
-        };
+        });
         let mut first_error = None;
         for (partition, undecodable, result) in results {
             *undecodable_commands += undecodable;

@@ -10,7 +10,7 @@ mod copy;
 #[cfg(test)]
 mod test_db;
 
-pub use batch::{apply_batch, BatchError, Positioned};
+pub use batch::{apply_batch, BatchError, Positioned, UPDATE_PROFILES};
 pub use copy::copy_audit;
 
 /// Applies one event inside the batch's transaction.

@@ -128,6 +128,15 @@ pub async fn apply_batch(
     Ok(())
 }
 
+/// Updates the profiles of a run of `ProfileUpdated` events: per account, at most one
+/// element of the arrays `$1` (account ids) to `$7` (event times), with the highest sequence.
+pub const UPDATE_PROFILES: &str = "UPDATE accounts SET name = changed.name, \
+     company_name = changed.company_name, industry = changed.industry, \
+     business_phone = changed.business_phone, version = changed.version, updated_at = changed.time \
+     FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], \
+     $7::timestamptz[]) AS changed(account_id, name, company_name, industry, business_phone, version, time) \
+     WHERE accounts.account_id = changed.account_id AND accounts.version < changed.version";
+
 /// Inserts the accounts and credentials of a run of `AccountRegistered` events.
 async fn insert_registrations(
     connection: &mut PgConnection,
@@ -250,23 +259,16 @@ async fn update_profiles(
     let versions: Vec<i64> = changes.iter().map(|change| change.version).collect();
     let times: Vec<DateTime<Utc>> = changes.iter().map(|change| change.time).collect();
 
-    sqlx::query(
-        "UPDATE accounts SET name = changed.name, company_name = changed.company_name, \
-         industry = changed.industry, business_phone = changed.business_phone, \
-         version = changed.version, updated_at = changed.time \
-         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], \
-         $7::timestamptz[]) AS changed(account_id, name, company_name, industry, business_phone, version, time) \
-         WHERE accounts.account_id = changed.account_id AND accounts.version < changed.version",
-    )
-    .bind(&account_ids)
-    .bind(&names)
-    .bind(&company_names)
-    .bind(&industries)
-    .bind(&phones)
-    .bind(&versions)
-    .bind(&times)
-    .execute(&mut *connection)
-    .await?;
+    sqlx::query(UPDATE_PROFILES)
+        .bind(&account_ids)
+        .bind(&names)
+        .bind(&company_names)
+        .bind(&industries)
+        .bind(&phones)
+        .bind(&versions)
+        .bind(&times)
+        .execute(&mut *connection)
+        .await?;
     Ok(())
 }
 
