@@ -128,8 +128,9 @@ pub async fn apply_batch(
     Ok(())
 }
 
-/// Updates the profiles of a run of `ProfileUpdated` events: per account, at most one
-/// element of the arrays `$1` (account ids) to `$7` (event times), with the highest sequence.
+/// The statement that writes a run of `ProfileUpdated` events. The arrays `$1` (account
+/// ids) to `$7` (event times) hold at most one change per account, the one with the
+/// highest sequence.
 pub const UPDATE_PROFILES: &str = "UPDATE accounts SET name = changed.name, \
      company_name = changed.company_name, industry = changed.industry, \
      business_phone = changed.business_phone, version = changed.version, updated_at = changed.time \
