@@ -87,14 +87,26 @@ impl TestDatabase {
         Ok(rows)
     }
 
-    /// Drops the database.
+    /// Drops the database, trying again for a few seconds while another session, such as
+    /// an autovacuum worker that this user may not terminate, is still connected. A
+    /// database left behind is dropped by the next `deploy/local/test`, so the last
+    /// failure is printed, not returned.
     pub async fn drop(self) -> anyhow::Result<()> {
         self.pool.close().await;
         let mut admin = PgConnection::connect(&self.admin_url).await?;
-        sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
-            .execute(&mut admin)
-            .await?;
-        Ok(())
+        let statement = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match sqlx::query(&statement).execute(&mut admin).await {
+                Ok(_) => return Ok(()),
+                Err(error) if attempts >= 20 => {
+                    eprintln!("left test database {} behind: {error}", self.name);
+                    return Ok(());
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+            }
+        }
     }
 }
 
