@@ -225,7 +225,7 @@ impl Load {
     }
 
     /// Starts requests of `mix` at `rate` per second for `length`, at most `in_flight` at
-    /// once; the others wait, and their wait counts in their latency.
+    /// once. The others wait, and their wait counts in their latency.
     pub async fn open_loop(
         self: &Arc<Self>,
         mix: Mix,
@@ -297,6 +297,8 @@ impl Load {
         };
         let (ok, lag) = match result {
             Ok(response) => {
+                // A 202 means the read models did not show the command in time, which counts
+                // as a failed request.
                 let ok =
                     response.status().is_success() && response.status() != StatusCode::ACCEPTED;
                 let lag = response

@@ -87,7 +87,7 @@ struct RunArgs {
     /// Loopback source addresses (127.0.1.1 and up) the simulated users come from.
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=250))]
     source_addresses: u64,
-    /// Events of the generated log that the rebuild and the takeover read; 0 skips both.
+    /// Events of the generated log that the rebuild and the takeover read. 0 skips both.
     #[arg(long, default_value_t = 1_000_000)]
     log_events: u64,
     /// Seconds of the dashboard mix sent before the measured phases and left out of the

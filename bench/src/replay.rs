@@ -37,6 +37,9 @@ pub struct TakenOver {
 
 /// Rebuilds each partition's decider state in turn, as a worker does when it takes the
 /// partition over.
+///
+/// NOTE: a real takeover first fences the previous owner with `init_transactions`, which
+/// this leaves out, so the figures cover only the state rebuild.
 pub async fn take_over_partitions(kafka: &KafkaConfig) -> anyhow::Result<TakenOver> {
     let kafka = kafka.clone();
     tokio::task::spawn_blocking(move || {

@@ -17,9 +17,9 @@ pub struct Figure {
     pub unit: &'static str,
     /// The baseline's value, in the same unit as `value`.
     pub baseline: Option<f64>,
-    /// `value / baseline`.
+    /// The quotient `value / baseline`.
     pub ratio: Option<f64>,
-    /// The figure the baseline is.
+    /// The name of the baseline figure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline_name: Option<String>,
     /// The goal this figure is held to, such as `ratio >= 0.4` or `value <= 50`.

@@ -369,7 +369,7 @@ impl<'a> Worker<'a> {
             *undecodable_commands += undecodable;
             if let Err(error) = result {
                 if error.is::<Crashed>() {
-                    // A crashed process leaves its transaction open; the next owner aborts it.
+                    // A crashed process leaves its transaction open, and the next owner aborts it.
                     if let Some(owned) = owned.remove(&partition) {
                         std::mem::forget(owned.producer);
                     }

@@ -42,11 +42,11 @@ pub struct SessionConfig {
 /// Seconds between two writes of a session's last use.
 const ACTIVITY_WRITE_INTERVAL_SECONDS: f64 = 60.0;
 
-/// Selects `account_id`, `session_id` and `stale` of the session whose token hash is `$1`,
-/// if it is not revoked, not expired and not idle for more than `$2` seconds. `stale` is
-/// true when its recorded last use is older than `$3` seconds; only then is the use written,
-/// so most requests write nothing. A query that needs the caller's rows in the same round
-/// trip reads this as a common table expression.
+/// The query that selects `account_id`, `session_id` and `stale` of the session whose token
+/// hash is `$1`, if it is not revoked, not expired and not idle for more than `$2` seconds.
+/// `stale` is true when its recorded last use is older than `$3` seconds. Only then is the
+/// use written, so most requests write nothing. A query that needs the caller's rows in the
+/// same round trip reads this as a common table expression.
 pub const LIVE_SESSION: &str = "SELECT s.account_id, s.session_id, \
      COALESCE(a.last_seen_at < now() - make_interval(secs => $3), true) AS stale \
      FROM sessions s LEFT JOIN session_activity a USING (session_id) \

@@ -301,7 +301,7 @@ async fn session_use_is_written_once_per_interval() {
     assert_eq!(profile_status(&app, &user).await, StatusCode::OK);
     assert!(last_seen().await < 30.0);
 
-    // Within the interval a use changes nothing; past it, the next use is written.
+    // Within the interval a use changes nothing. Past it, the next use is written.
     let age = |seconds: f64| {
         sqlx::query(
             "UPDATE session_activity SET last_seen_at = now() - make_interval(secs => $2) \
