@@ -1,4 +1,4 @@
-use accounts_command::roles::{change_role, Role};
+use accounts_command::roles::{change_role, Role, RoleChange};
 use accounts_command::{serve_api, spawn_deciders, ServeConfig};
 use accounts_platform::KafkaConfig;
 use anyhow::Context;
@@ -35,26 +35,35 @@ struct RoleArgs {
     role: Role,
 }
 
+/// Prints what changed, with the position to send as `X-Min-Position` to read after it.
+fn report(what: &str, change: &RoleChange) {
+    match &change.position {
+        Some(position) => println!(
+            "{what} (account version {}, log position {position})",
+            change.version
+        ),
+        None => println!("{what} (account version {})", change.version),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     accounts_platform::telemetry::init_tracing();
     match Cli::parse().command {
         CliCommand::CreateTopics(kafka) => accounts_platform::kafka::create_topics(&kafka).await,
         CliCommand::GrantRole(args) => {
-            let version = change_role(&args.kafka, args.account, args.role, true).await?;
-            println!(
-                "granted {} to {} (account version {version})",
-                args.role.as_str(),
-                args.account
+            let change = change_role(&args.kafka, args.account, args.role, true).await?;
+            report(
+                &format!("granted {} to {}", args.role.as_str(), args.account),
+                &change,
             );
             Ok(())
         }
         CliCommand::RevokeRole(args) => {
-            let version = change_role(&args.kafka, args.account, args.role, false).await?;
-            println!(
-                "revoked {} from {} (account version {version})",
-                args.role.as_str(),
-                args.account
+            let change = change_role(&args.kafka, args.account, args.role, false).await?;
+            report(
+                &format!("revoked {} from {}", args.role.as_str(), args.account),
+                &change,
             );
             Ok(())
         }

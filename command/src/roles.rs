@@ -26,14 +26,24 @@ impl Role {
     }
 }
 
-/// Grants or revokes `role` through the decider that owns the account, and returns the
-/// account's version after the change. Needs a running `accounts-command serve`.
+/// A recorded grant or revocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleChange {
+    /// The account's version after the change.
+    pub version: u64,
+    /// The event-log position the read models must include to apply the change. Send it as
+    /// `X-Min-Position` to read after the change.
+    pub position: Option<String>,
+}
+
+/// Grants or revokes `role` through the decider that owns the account. Needs a running
+/// `accounts-command serve`.
 pub async fn change_role(
     kafka: &KafkaConfig,
     account_id: Uuid,
     role: Role,
     grant: bool,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<RoleChange> {
     let bus = CommandBus::start(kafka, Duration::from_secs(30)).await?;
     let role = role.as_str().to_owned();
     let (command, operation) = if grant {
@@ -66,7 +76,9 @@ pub async fn change_role(
             format!("{operation} got no answer; is accounts-command serve running?")
         })?;
     match outcome {
-        Outcome::Accepted { version, .. } => Ok(version),
+        Outcome::Accepted {
+            version, position, ..
+        } => Ok(RoleChange { version, position }),
         Outcome::Rejected { rejection } => bail!("{operation} was rejected: {rejection}"),
     }
 }

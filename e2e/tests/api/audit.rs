@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use accounts_command::roles::{change_role, Role};
+use accounts_command::roles::{change_role, Role, RoleChange};
 use accounts_events::envelope::record_hash;
 use accounts_events::partition_for;
 use accounts_platform::hash_token;
@@ -17,10 +17,28 @@ use uuid::Uuid;
 
 use crate::helpers::{spawn_app, Event, TestApp, User, PASSWORD};
 
-async fn grant_auditor(app: &TestApp, account_id: Uuid) {
-    change_role(&app.kafka, account_id, Role::Auditor, true)
+/// Grants `user` the auditor role and waits until the query service has applied it.
+async fn grant_auditor(app: &TestApp, user: &User) {
+    let change = change_role(&app.kafka, user.account_id, Role::Auditor, true)
         .await
         .expect("grant-role failed");
+    await_change(app, user, change).await;
+}
+
+/// Waits until the query service's read models include `change`.
+async fn await_change(app: &TestApp, user: &User, change: RoleChange) {
+    let position = change
+        .position
+        .expect("an accepted change has a log position");
+    let response = app
+        .http
+        .get(format!("{}/v1/profile", app.query_url))
+        .bearer_auth(&user.token)
+        .header("X-Min-Position", position)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }
 
 async fn audit_get(app: &TestApp, auditor: &User, path: &str) -> reqwest::Response {
@@ -83,7 +101,7 @@ async fn audit_endpoints_need_the_auditor_role() {
     .await;
     assert_eq!(rejected.status(), StatusCode::FORBIDDEN);
 
-    grant_auditor(&app, auditor.account_id).await;
+    grant_auditor(&app, &auditor).await;
     let allowed = audit_get(&app, &auditor, &path).await;
     assert_eq!(allowed.status(), StatusCode::OK);
     let page: Value = allowed.json().await.unwrap();
@@ -119,9 +137,10 @@ async fn audit_endpoints_need_the_auditor_role() {
     let unknown = audit_get(&app, &auditor, &format!("{}/events", Uuid::now_v7())).await;
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
 
-    change_role(&app.kafka, auditor.account_id, Role::Auditor, false)
+    let revoked = change_role(&app.kafka, auditor.account_id, Role::Auditor, false)
         .await
         .unwrap();
+    await_change(&app, &auditor, revoked).await;
     assert_eq!(
         audit_get(&app, &auditor, &path).await.status(),
         StatusCode::FORBIDDEN
@@ -190,7 +209,7 @@ fn profile_fields(profile: &Value) -> Value {
 async fn histories_are_complete_and_states_match_past_profiles() {
     let app = spawn_app(2).await;
     let auditor = app.new_user().await;
-    grant_auditor(&app, auditor.account_id).await;
+    grant_auditor(&app, &auditor).await;
     let users = [
         app.new_user().await,
         app.new_user().await,
@@ -364,7 +383,7 @@ async fn first_broken_link_is_reported() {
 async fn version_one_records_are_upcast_by_every_reader() {
     let mut app = spawn_app(1).await;
     let user = app.new_user().await;
-    grant_auditor(&app, user.account_id).await;
+    grant_auditor(&app, &user).await;
 
     // Stop the decider, write a session in the version 1 form, then start a new decider
     // that rebuilds the partition from the log.
