@@ -60,7 +60,7 @@ fn brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
 }
 
-fn admin_database_url() -> String {
+pub fn admin_database_url() -> String {
     std::env::var("TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://accounts:accounts@127.0.0.1:5432/postgres".to_owned())
 }

@@ -3,6 +3,7 @@
 
 mod audit;
 mod batching;
+mod bench;
 mod concurrency;
 mod email;
 mod failover;
