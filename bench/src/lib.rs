@@ -100,6 +100,10 @@ struct RunArgs {
     /// Folder of the outputs.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+    /// Processes whose memory the run reports, as NAME=PID, separated by ','. Their
+    /// resident memory is read from /proc before and after the load phases.
+    #[arg(long = "process", env = "BENCH_PROCESSES", value_delimiter = ',', value_parser = parse_process)]
+    processes: Vec<(String, u32)>,
     /// Lines about the set-up to print above the table, such as versions, separated by
     /// '|'.
     #[arg(long = "context", env = "BENCH_CONTEXT", value_delimiter = '|')]
@@ -210,11 +214,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let baseline_length = Duration::from_secs(args.baseline_seconds);
     let clients = usize::try_from(args.clients)?;
 
+    let before_load = resident_memory(&args.processes);
     let (phases, open_rate, accounts) = if args.skip_load {
         (Vec::new(), 0.0, 0)
     } else {
         drive_load(&args, &command_url, &query_url, clients, length).await?
     };
+    let after_load = resident_memory(&args.processes);
 
     let database = format!("accounts_bench_{stamp}");
     let admin = PgPoolOptions::new()
@@ -233,7 +239,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await;
     let machine = measured?;
 
-    let figures = figures(&phases, open_rate, &machine);
+    let at_end = resident_memory(&args.processes);
+    let mut figures = figures(&phases, open_rate, &machine);
+    figures.extend(memory_figures(&before_load, &after_load, &at_end));
     let mut context = vec![
         format!("run {stamp}, {} s of warm-up, {} s per load phase, {} s per baseline, {clients} closed-loop clients, {} accounts from {} source addresses", args.warmup_seconds, args.seconds, args.baseline_seconds, accounts, args.source_addresses),
         format!("mixed phases: {}% profile updates, {}% sign-ins, {}% session lists, {}% profile reads; the open loop runs at half the closed mixed throughput", Mix::DASHBOARD.update_profile, Mix::DASHBOARD.sign_in, Mix::DASHBOARD.list_sessions, Mix::DASHBOARD.read_profile),
@@ -496,6 +504,83 @@ fn memory() -> String {
         )
 }
 
+fn parse_process(text: &str) -> Result<(String, u32), String> {
+    let (name, pid) = text
+        .split_once('=')
+        .ok_or_else(|| format!("invalid process '{text}': write it as NAME=PID"))?;
+    let pid = pid
+        .parse()
+        .map_err(|_| format!("invalid pid '{pid}' of process '{name}': use a number"))?;
+    Ok((name.to_owned(), pid))
+}
+
+/// The resident memory of a process, in MiB.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Resident {
+    current: f64,
+    /// The peak since the process started (`VmHWM`).
+    peak: f64,
+}
+
+impl Resident {
+    /// Reads `VmRSS` and `VmHWM` from a `/proc/<pid>/status` text.
+    fn parse(status: &str) -> Option<Self> {
+        let mebibytes = |key: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(key))
+                .and_then(|rest| rest.trim().strip_suffix("kB"))
+                .and_then(|kib| kib.trim().parse::<f64>().ok())
+                .map(|kib| kib / 1024.0)
+        };
+        Some(Self {
+            current: mebibytes("VmRSS:")?,
+            peak: mebibytes("VmHWM:")?,
+        })
+    }
+}
+
+/// Reads the resident memory of each process, and of this one as `accounts-bench`.
+fn resident_memory(processes: &[(String, u32)]) -> BTreeMap<String, Resident> {
+    let mut measured = BTreeMap::new();
+    let this = ("accounts-bench".to_owned(), std::process::id());
+    for (name, pid) in processes.iter().chain([&this]) {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"));
+        match status.ok().as_deref().and_then(Resident::parse) {
+            Some(resident) => {
+                measured.insert(name.clone(), resident);
+            }
+            None => step(&format!(
+                "could not read the memory of {name} (pid {pid}); is it running?"
+            )),
+        }
+    }
+    measured
+}
+
+/// Returns each process's resident memory before and after the load phases, and its peak
+/// at the end of the run.
+fn memory_figures(
+    before_load: &BTreeMap<String, Resident>,
+    after_load: &BTreeMap<String, Resident>,
+    at_end: &BTreeMap<String, Resident>,
+) -> Vec<Figure> {
+    let mut figures = Vec::new();
+    for (name, end) in at_end {
+        for (moment, readings) in [("before_load", before_load), ("after_load", after_load)] {
+            if let Some(resident) = readings.get(name) {
+                figures.push(Figure::new(
+                    format!("memory.{name}.{moment}"),
+                    resident.current,
+                    "MiB",
+                ));
+            }
+        }
+        figures.push(Figure::new(format!("memory.{name}.peak"), end.peak, "MiB"));
+    }
+    figures
+}
+
 fn figures(phases: &[Phase], open_rate: f64, machine: &Machine) -> Vec<Figure> {
     let produce = Figure::new(
         "baseline.kafka_transactional_produce",
@@ -727,5 +812,32 @@ mod tests {
             database_url("postgres://u:p@127.0.0.1/postgres?sslmode=disable", "bench").unwrap(),
             "postgres://u:p@127.0.0.1/bench?sslmode=disable"
         );
+    }
+
+    #[test]
+    fn resident_memory_parses_proc_status() {
+        let status = "Name:\taccounts-comman\nVmHWM:\t  2019272 kB\nVmRSS:\t   204800 kB\n";
+        assert_eq!(
+            Resident::parse(status),
+            Some(Resident {
+                current: 200.0,
+                peak: 2019272.0 / 1024.0
+            })
+        );
+        assert_eq!(Resident::parse("Name:\tkthreadd\n"), None);
+    }
+
+    #[test]
+    fn process_is_name_equals_pid() {
+        assert_eq!(
+            parse_process("accounts-query=4242"),
+            Ok(("accounts-query".to_owned(), 4242))
+        );
+        assert!(parse_process("accounts-query")
+            .unwrap_err()
+            .contains("NAME=PID"));
+        assert!(parse_process("kafka=x")
+            .unwrap_err()
+            .contains("use a number"));
     }
 }

@@ -20,6 +20,8 @@ async fn bench_run_reports_all_figures() {
     let address = |url: &str| url.trim_start_matches("http://").to_owned();
     let partitions = app.kafka.partitions.to_string();
     let output_arg = output_dir.display().to_string();
+    // The test stack's services run in this process.
+    let process = format!("test-stack={}", std::process::id());
     let cli = Cli::try_parse_from([
         "accounts-bench",
         "run",
@@ -49,6 +51,8 @@ async fn bench_run_reports_all_figures() {
         "2000",
         "--out",
         &output_arg,
+        "--process",
+        &process,
         "--context",
         "end-to-end test",
     ])
@@ -108,6 +112,17 @@ async fn bench_run_reports_all_figures() {
     // The replays read the whole generated log: 100 accounts of 20 events.
     assert_eq!(value("log.events"), 2000.0);
     assert_eq!(value("takeover.accounts"), 100.0);
+
+    // Memory is read for the named process and for the harness itself.
+    for name in [
+        "memory.test-stack.before_load",
+        "memory.test-stack.after_load",
+        "memory.test-stack.peak",
+        "memory.accounts-bench.peak",
+    ] {
+        assert!(value(name) > 0.0, "{name} is {}", value(name));
+    }
+    assert!(value("memory.test-stack.peak") >= value("memory.test-stack.after_load"));
 
     let table = std::fs::read_to_string(output_dir.join("results.md")).unwrap();
     assert!(table.contains("end-to-end test"), "{table}");
