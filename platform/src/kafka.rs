@@ -105,6 +105,50 @@ pub async fn verify_partitions(config: &KafkaConfig) -> anyhow::Result<()> {
     .context("partition check task failed")?
 }
 
+/// Returns the low and high watermarks of `partition` of `topic`. For up to `timeout` it
+/// retries while the broker reports no leader for the partition or does not know it yet, as
+/// it does for a moment after the topic is created. It blocks the calling thread.
+pub fn fetch_watermarks<C, K>(
+    consumer: &K,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> anyhow::Result<(i64, i64)>
+where
+    C: ConsumerContext,
+    K: Consumer<C>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match consumer.fetch_watermarks(topic, partition, left) {
+            Ok(watermarks) => return Ok(watermarks),
+            Err(error) if is_leader_missing(&error) && Instant::now() < deadline => {
+                tracing::info!(%error, topic, partition, "partition has no leader yet; retrying");
+                std::thread::sleep(Duration::from_millis(200).min(left));
+            }
+            Err(error) => {
+                return Err(anyhow::Error::new(error).context(format!(
+                    "failed to read the watermarks of partition {partition} of {topic}"
+                )))
+            }
+        }
+    }
+}
+
+/// Tells whether `error` reports a partition without a leader or an unknown partition,
+/// which passes once the broker has elected a leader.
+fn is_leader_missing(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+        )
+    )
+}
+
 /// A consumer context that does not report reaching the end of a partition as an error,
 /// for readers that read a partition exactly up to its end.
 pub struct EndOfPartitionIsExpected;
@@ -147,3 +191,31 @@ where
 }
 
 const DELIVERY_CHECK_INTERVAL: Duration = Duration::from_micros(250);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leader_elections_are_retried_other_errors_are_not() {
+        for code in [
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::LeaderNotAvailable,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        ] {
+            assert!(
+                is_leader_missing(&KafkaError::MetadataFetch(code)),
+                "{code:?}"
+            );
+        }
+        for code in [
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        ] {
+            assert!(
+                !is_leader_missing(&KafkaError::MetadataFetch(code)),
+                "{code:?}"
+            );
+        }
+    }
+}

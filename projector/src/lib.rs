@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use accounts_events::envelope::Decoded;
 use accounts_events::RecordedEvent;
-use accounts_platform::kafka::client_config;
+use accounts_platform::kafka::{client_config, fetch_watermarks};
 use accounts_platform::progress::{ProgressNotice, CHANNEL, READ_MODELS};
 use accounts_platform::KafkaConfig;
 use anyhow::{anyhow, Context};
@@ -150,8 +150,7 @@ async fn start_at_end(
 ) -> anyhow::Result<HashMap<i32, i64>> {
     let mut ends = HashMap::new();
     for partition in 0..partitions {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, partition, Duration::from_secs(30))
+        let (_, high) = fetch_watermarks(consumer, topic, partition, Duration::from_secs(30))
             .context("failed to read the end of the event log")?;
         ends.insert(partition, high);
     }

@@ -16,7 +16,7 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use accounts_events::RecordedEvent;
-use accounts_platform::kafka::{client_config, EndOfPartitionIsExpected};
+use accounts_platform::kafka::{client_config, fetch_watermarks, EndOfPartitionIsExpected};
 use accounts_platform::progress::READ_MODELS;
 use accounts_platform::KafkaConfig;
 use anyhow::{anyhow, bail, Context};
@@ -186,8 +186,7 @@ async fn project_all(
     let consumer = consumer_at(kafka, &offsets)?;
     let mut total = 0_u64;
     for partition in 0..kafka.partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(&topic, partition, KAFKA_TIMEOUT)
+        let (low, high) = fetch_watermarks(&consumer, &topic, partition, KAFKA_TIMEOUT)
             .context("failed to read the size of the event log")?;
         total += u64::try_from(high - low).unwrap_or(0);
     }

@@ -1,11 +1,34 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use accounts_platform::kafka::{client_config, create_topics, fetch_watermarks};
+use accounts_platform::KafkaConfig;
 use accounts_projector::{spawn_projector, Crashed, ProjectorControl};
+use rdkafka::consumer::BaseConsumer;
 use serde_json::json;
 use sqlx::PgPool;
 
+use uuid::Uuid;
+
 use crate::helpers::{create_database, spawn_app, TestApp, User};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn new_topic_watermarks_are_read() {
+    let kafka = KafkaConfig {
+        brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
+        topic_prefix: format!("test-{}.", Uuid::new_v4().simple()),
+        partitions: 12,
+    };
+    create_topics(&kafka).await.unwrap();
+
+    // Straight after creation the broker may still be electing leaders.
+    let consumer: BaseConsumer = client_config(&kafka).create().unwrap();
+    let topic = kafka.topics().events;
+    for partition in 0..kafka.partitions {
+        let watermarks = fetch_watermarks(&consumer, &topic, partition, Duration::from_secs(30));
+        assert_eq!(watermarks.unwrap(), (0, 0), "partition {partition}");
+    }
+}
 
 async fn rename_all(app: &TestApp, users: &[User], round: usize) {
     let requests = users.iter().map(|user| {
