@@ -36,13 +36,13 @@ struct RoleArgs {
 }
 
 /// Prints what changed, with the position to send as `X-Min-Position` to read after it.
-fn report(what: &str, change: &RoleChange) {
+fn report(summary: &str, change: &RoleChange) {
     match &change.position {
         Some(position) => println!(
-            "{what} (account version {}, log position {position})",
+            "{summary} (account version {}, log position {position})",
             change.version
         ),
-        None => println!("{what} (account version {})", change.version),
+        None => println!("{summary} (account version {})", change.version),
     }
 }
 

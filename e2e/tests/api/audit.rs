@@ -30,14 +30,7 @@ async fn await_change(app: &TestApp, user: &User, change: RoleChange) {
     let position = change
         .position
         .expect("an accepted change has a log position");
-    let response = app
-        .http
-        .get(format!("{}/v1/profile", app.query_url))
-        .bearer_auth(&user.token)
-        .header("X-Min-Position", position)
-        .send()
-        .await
-        .unwrap();
+    let response = app.profile_after(user, &position).await;
     assert_eq!(response.status(), StatusCode::OK);
 }
 

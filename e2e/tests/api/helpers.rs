@@ -378,6 +378,17 @@ impl TestApp {
             .expect("profile request failed")
     }
 
+    /// Reads the profile once the read models include `position`, a command's log position.
+    pub async fn profile_after(&self, user: &User, position: &str) -> Response {
+        self.http
+            .get(format!("{}/v1/profile", self.query_url))
+            .bearer_auth(&user.token)
+            .header("X-Min-Position", position)
+            .send()
+            .await
+            .expect("profile request failed")
+    }
+
     /// Reads every committed event of the event topic.
     pub fn committed_events(&self) -> Vec<Event> {
         read_topic(&self.kafka, &self.kafka.topics().events, "read_committed")

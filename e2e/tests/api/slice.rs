@@ -182,14 +182,7 @@ async fn min_position_waits_for_projection() {
         .unwrap();
     let position = patched["position"].as_str().unwrap();
 
-    let read = app
-        .http
-        .get(format!("{}/v1/profile", app.query_url))
-        .bearer_auth(&user.token)
-        .header("X-Min-Position", position)
-        .send()
-        .await
-        .unwrap();
+    let read = app.profile_after(&user, position).await;
     assert_eq!(read.status(), StatusCode::OK);
 
     let (partition, _) = position.split_once('-').unwrap();
