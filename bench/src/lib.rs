@@ -576,7 +576,12 @@ fn memory_figures(
                 ));
             }
         }
-        figures.push(Figure::new(format!("memory.{name}.peak"), end.peak, "MiB"));
+        // The kernel refreshes VmHWM lazily, so it can read below an earlier VmRSS.
+        let peak = [before_load, after_load, at_end]
+            .iter()
+            .filter_map(|readings| readings.get(name))
+            .fold(end.peak, |peak, resident| peak.max(resident.current));
+        figures.push(Figure::new(format!("memory.{name}.peak"), peak, "MiB"));
     }
     figures
 }
@@ -825,6 +830,24 @@ mod tests {
             })
         );
         assert_eq!(Resident::parse("Name:\tkthreadd\n"), None);
+    }
+
+    #[test]
+    fn peak_is_at_least_every_reading() {
+        let reading = |current, peak| {
+            BTreeMap::from([("accounts-query".to_owned(), Resident { current, peak })])
+        };
+        let figures = memory_figures(
+            &reading(12.0, 12.0),
+            &reading(31.4, 31.2),
+            &reading(30.0, 31.2),
+        );
+        let peak = figures
+            .iter()
+            .find(|figure| figure.name == "memory.accounts-query.peak")
+            .unwrap();
+        assert_eq!(peak.value, 31.4);
+        assert_eq!(figures.len(), 3);
     }
 
     #[test]
