@@ -107,8 +107,9 @@ pub async fn verify_partitions(config: &KafkaConfig) -> anyhow::Result<()> {
 
 /// Returns the low and high watermarks of `partition` of `topic`. For up to `timeout` it
 /// retries while the broker reports no leader for the partition or does not know it yet, as
-/// it does for a moment after the topic is created. It blocks the calling thread.
-pub fn fetch_watermarks<C, K>(
+/// it does for a moment after the topic is created. Each read blocks the calling thread,
+/// but the waits between reads do not.
+pub async fn fetch_watermarks<C, K>(
     consumer: &K,
     topic: &str,
     partition: i32,
@@ -119,13 +120,22 @@ where
     K: Consumer<C>,
 {
     let deadline = Instant::now() + timeout;
+    let mut retries = 0_u32;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match consumer.fetch_watermarks(topic, partition, left) {
-            Ok(watermarks) => return Ok(watermarks),
+            Ok(watermarks) => {
+                if retries > 0 {
+                    tracing::info!(topic, partition, retries, "partition has a leader now");
+                }
+                return Ok(watermarks);
+            }
             Err(error) if is_leader_missing(&error) && Instant::now() < deadline => {
-                tracing::info!(%error, topic, partition, "partition has no leader yet; retrying");
-                std::thread::sleep(Duration::from_millis(200).min(left));
+                if retries == 0 {
+                    tracing::info!(%error, topic, partition, "partition has no leader yet; retrying");
+                }
+                retries += 1;
+                tokio::time::sleep(Duration::from_millis(200).min(left)).await;
             }
             Err(error) => {
                 return Err(anyhow::Error::new(error).context(format!(

@@ -151,6 +151,7 @@ async fn start_at_end(
     let mut ends = HashMap::new();
     for partition in 0..partitions {
         let (_, high) = fetch_watermarks(consumer, topic, partition, Duration::from_secs(30))
+            .await
             .context("failed to read the end of the event log")?;
         ends.insert(partition, high);
     }

@@ -187,6 +187,7 @@ async fn project_all(
     let mut total = 0_u64;
     for partition in 0..kafka.partitions {
         let (low, high) = fetch_watermarks(&consumer, &topic, partition, KAFKA_TIMEOUT)
+            .await
             .context("failed to read the size of the event log")?;
         total += u64::try_from(high - low).unwrap_or(0);
     }

@@ -25,7 +25,8 @@ async fn new_topic_watermarks_are_read() {
     let consumer: BaseConsumer = client_config(&kafka).create().unwrap();
     let topic = kafka.topics().events;
     for partition in 0..kafka.partitions {
-        let watermarks = fetch_watermarks(&consumer, &topic, partition, Duration::from_secs(30));
+        let watermarks =
+            fetch_watermarks(&consumer, &topic, partition, Duration::from_secs(30)).await;
         assert_eq!(watermarks.unwrap(), (0, 0), "partition {partition}");
     }
 }
